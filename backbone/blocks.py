@@ -1,0 +1,107 @@
+"""Transformer blocks of the CroCo encoder and decoder.
+
+Parameter names follow naver/croco (``attn.qkv``, ``cross_attn.projq``, ``norm_y`` ...) so that
+public CroCo checkpoints load without renaming. Attention runs through
+``scaled_dot_product_attention``, which picks flash / memory-efficient kernels on GPU.
+"""
+
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from torch import Tensor, nn
+
+from backbone.rope import RoPE2D
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional 2D RoPE on queries and keys."""
+
+    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.rope = rope
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        if self.rope is not None:
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+
+
+class CrossAttention(nn.Module):
+    """Queries from image 1 attend to keys/values from image 2; RoPE uses each side's positions."""
+
+    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.rope = rope
+        self.attn_drop = attn_drop
+        self.projq = nn.Linear(dim, dim, bias=qkv_bias)
+        self.projk = nn.Linear(dim, dim, bias=qkv_bias)
+        self.projv = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, N, C = x.shape
+        return x.reshape(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)
+
+    def forward(self, query: Tensor, memory: Tensor, query_pos: Tensor, memory_pos: Tensor) -> Tensor:
+        B, N, C = query.shape
+        q, k, v = self._heads(self.projq(query)), self._heads(self.projk(memory)), self._heads(self.projv(memory))
+        if self.rope is not None:
+            q, k = self.rope(q, query_pos), self.rope(k, memory_pos)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm ViT block: self-attention then MLP, each with a residual."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, rope: RoPE2D | None = None,
+                 drop_path: float = 0.0, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, rope=rope)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), positions))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class DecoderBlock(nn.Module):
+    """Self-attention over image-1 tokens, cross-attention to image-2 tokens, then MLP.
+
+    Image-2 tokens (``memory``) are only normalised here, never updated, as in CroCo: the second
+    view is a fixed reference the first view is completed from.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, rope: RoPE2D | None = None,
+                 drop_path: float = 0.0, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, rope=rope)
+        self.norm_y = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.cross_attn = CrossAttention(dim, num_heads, rope=rope)
+        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, memory: Tensor, positions: Tensor, memory_positions: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), positions))
+        memory = self.norm_y(memory)
+        x = x + self.drop_path(self.cross_attn(self.norm2(x), memory, positions, memory_positions))
+        return x + self.drop_path(self.mlp(self.norm3(x)))

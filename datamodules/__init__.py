@@ -1,0 +1,5 @@
+"""LightningDataModules over WebDataset shards."""
+
+from datamodules.pairs import PairDataModule
+
+__all__ = ["PairDataModule"]

@@ -1,0 +1,165 @@
+"""Image pairs for completion pretraining, drawn on the fly from groups of frames.
+
+A pair shard sample is a group: frames of one person from several cameras and times
+(``shared/design.md``). Each time a group is read, a fresh pair is drawn: a cross-view pair
+(same time, two cameras) or a cross-pose pair (same camera, two times), so every epoch sees new
+pairs from the same shards.
+"""
+
+import io
+import json
+import random
+import zlib
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from PIL import Image
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from datamodules.shards import eval_loader, expand_shards, train_loader
+
+CROSS_VIEW, CROSS_POSE = 0, 1
+
+
+def candidate_pairs(frames: list[dict], max_time_gap: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """All ordered (i, j) cross-view pairs and cross-pose pairs (time gap <= max_time_gap) of a group."""
+    cross_view, cross_pose = [], []
+    for i, a in enumerate(frames):
+        for j, b in enumerate(frames):
+            if i == j:
+                continue
+            if a["time"] == b["time"] and a["camera"] != b["camera"]:
+                cross_view.append((i, j))
+            elif a["camera"] == b["camera"] and 0 < abs(a["time"] - b["time"]) <= max_time_gap:
+                cross_pose.append((i, j))
+    return cross_view, cross_pose
+
+
+def choose_pair(frames: list[dict], rng: random.Random, cross_view_ratio: float,
+                max_time_gap: int) -> tuple[int, int, int]:
+    """Pick (i, j, pair_type); falls back to the other type when the group has none of the drawn one."""
+    cross_view, cross_pose = candidate_pairs(frames, max_time_gap)
+    if not cross_view and not cross_pose:
+        raise ValueError(f"group has no cross-view or cross-pose pair ({len(frames)} frames)")
+    want_view = rng.random() < cross_view_ratio
+    if (want_view and cross_view) or not cross_pose:
+        return (*rng.choice(cross_view), CROSS_VIEW)
+    return (*rng.choice(cross_pose), CROSS_POSE)
+
+
+def person_mask(sample: dict, frame: dict, size: tuple[int, int]) -> Tensor:
+    """The frame's silhouette; its filled bounding box when the dataset has no silhouettes; else all ones."""
+    if frame.get("mask") and frame["mask"] in sample:
+        return torch.from_numpy(np.array(Image.open(io.BytesIO(sample[frame["mask"]])).convert("L")) > 127)
+    mask = torch.zeros(size[1], size[0], dtype=torch.bool)
+    if frame.get("bbox"):
+        x, y, w, h = (int(round(v)) for v in frame["bbox"])
+        mask[max(y, 0):y + h, max(x, 0):x + w] = True
+    else:
+        mask[:] = True
+    return mask
+
+
+class PairSampler:
+    """Turns one decoded-on-demand group sample into a training pair (a picklable map stage)."""
+
+    def __init__(self, image_size: int, cross_view_ratio: float, max_time_gap: int, augment: bool,
+                 crop_scale: tuple[float, float], color_jitter: float, deterministic: bool) -> None:
+        self.cross_view_ratio = cross_view_ratio
+        self.max_time_gap = max_time_gap
+        self.deterministic = deterministic
+        geometry = (v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True) if augment
+                    else v2.Resize((image_size, image_size), antialias=True))
+        photometric = [v2.ColorJitter(color_jitter, color_jitter, color_jitter, color_jitter / 4)] if augment else []
+        self.transform = v2.Compose([geometry, *photometric, v2.ToDtype({tv_tensors.Image: torch.float32,
+                                                                          "others": None}, scale=True)])
+
+    def view(self, sample: dict, frame: dict) -> tuple[Tensor, Tensor]:
+        image = Image.open(io.BytesIO(sample[frame["name"]])).convert("RGB")
+        mask = person_mask(sample, frame, image.size)
+        image, mask = self.transform(tv_tensors.Image(v2.functional.pil_to_tensor(image)), tv_tensors.Mask(mask))
+        return image.as_subclass(Tensor), mask.as_subclass(Tensor).float()
+
+    def __call__(self, sample: dict) -> dict[str, Tensor]:
+        group = json.loads(sample["group.json"])
+        # Evaluation draws the same pair of a group every time, so its loss is comparable across epochs.
+        rng = random.Random(zlib.crc32(sample["__key__"].encode())) if self.deterministic else random
+        i, j, pair_type = choose_pair(group["frames"], rng, self.cross_view_ratio, self.max_time_gap)
+        image1, person1 = self.view(sample, group["frames"][i])
+        image2, _ = self.view(sample, group["frames"][j])
+        return {"image1": image1, "image2": image2, "person1": person1, "pair_type": torch.tensor(pair_type)}
+
+
+class PairDataModule(LightningDataModule):
+    """Pretraining pairs from WebDataset pair shards.
+
+    Args:
+        train_shards: directory, brace pattern, ``pipe:`` URL or list of them.
+        val_shards: same, for validation (optional).
+        test_shards: same, for ``test`` / ``predict`` (defaults to ``val_shards``).
+        batch_size: pairs per device per step.
+        num_workers: loader processes per device.
+        image_size: side of the square crops fed to the model.
+        cross_view_ratio: share of cross-view pairs (1 = cross-view only, 0 = cross-pose only).
+        max_time_gap: largest time-index gap of a cross-pose pair.
+        epoch_pairs: pairs per training epoch over all ranks (resampled stream, so it is a choice).
+        shuffle_buffer: groups held in each worker's shuffle buffer.
+        augment: random resized crops and colour jitter, drawn independently for the two images.
+        crop_scale: area range of the random crops.
+        color_jitter: strength of brightness/contrast/saturation jitter (hue gets a quarter).
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        test_shards: str | list[str] | None = None,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        image_size: int = 224,
+        cross_view_ratio: float = 0.5,
+        max_time_gap: int = 4,
+        epoch_pairs: int = 100_000,
+        shuffle_buffer: int = 1000,
+        augment: bool = True,
+        crop_scale: tuple[float, float] = (0.6, 1.0),
+        color_jitter: float = 0.4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+
+    def _sampler(self, train: bool) -> PairSampler:
+        hp = self.hparams
+        return PairSampler(hp.image_size, hp.cross_view_ratio, hp.max_time_gap, augment=train and hp.augment,
+                           crop_scale=hp.crop_scale, color_jitter=hp.color_jitter, deterministic=not train)
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        hp = self.hparams
+        batches_per_rank = hp.epoch_pairs // (hp.batch_size * self._world_size())
+        if batches_per_rank < 1:
+            raise ValueError(f"epoch_pairs={hp.epoch_pairs} is less than one batch per rank "
+                             f"({hp.batch_size} x {self._world_size()} ranks)")
+        return train_loader(expand_shards(hp.train_shards), self._sampler(train=True), hp.batch_size,
+                            hp.num_workers, batches_per_rank, hp.shuffle_buffer)
+
+    def _eval_loader(self, shards: str | list[str] | None) -> torch.utils.data.DataLoader | list:
+        if shards is None:
+            return []
+        return eval_loader(expand_shards(shards), self._sampler(train=False), self.hparams.batch_size,
+                           self.hparams.num_workers, self._world_size())
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader | list:
+        return self._eval_loader(self.hparams.val_shards)
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader | list:
+        return self._eval_loader(self.hparams.test_shards or self.hparams.val_shards)
+
+    def predict_dataloader(self) -> torch.utils.data.DataLoader | list:
+        return self._eval_loader(self.hparams.test_shards or self.hparams.val_shards)

@@ -1,0 +1,60 @@
+"""Finding shards, and the WebDataset loaders every crocoman DataModule builds on."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import braceexpand
+import webdataset as wds
+from torch.utils.data import default_collate
+
+
+def expand_shards(spec: str | list[str]) -> list[str]:
+    """Shard URLs from a directory (its ``*.tar``), a brace pattern, a ``pipe:`` URL, or a list of those."""
+    if isinstance(spec, (list, tuple)):
+        return [url for item in spec for url in expand_shards(item)]
+    if spec.startswith("pipe:") or "://" in spec:
+        return list(braceexpand.braceexpand(spec))
+    if Path(spec).is_dir():
+        urls = sorted(str(p) for p in Path(spec).glob("*.tar"))
+    else:
+        urls = [url for url in braceexpand.braceexpand(spec) if Path(url).is_file()]
+    if not urls:
+        raise FileNotFoundError(f"no shards found at {spec!r}: give a directory of .tar shards, a brace pattern "
+                                f"such as 'data/pairs-{{000000..000009}}.tar', or a 'pipe:' URL. To make demo "
+                                f"shards: crocoman-data synth --out data/synth")
+    return urls
+
+
+def train_loader(urls: list[str], to_sample: Callable[[dict], dict], batch_size: int, num_workers: int,
+                 batches_per_rank: int, shuffle_buffer: int) -> wds.WebLoader:
+    """Infinite resampled stream cut into epochs of exactly ``batches_per_rank`` full batches.
+
+    Resampling (shards drawn with replacement per worker) means every rank and worker always
+    has data, so all ranks run the same number of steps and DDP never waits on a short rank.
+    """
+    dataset = (
+        wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=wds.split_by_node,
+                       handler=wds.warn_and_continue)
+        .shuffle(shuffle_buffer)
+        .map(to_sample, handler=wds.warn_and_continue)
+        .batched(batch_size, collation_fn=default_collate, partial=False)
+    )
+    loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
+    # with_epoch cuts the stream; the length only lets Lightning show progress and count steps.
+    return loader.with_epoch(batches_per_rank).with_length(batches_per_rank, silent=True)
+
+
+def eval_loader(urls: list[str], to_sample: Callable[[dict], dict], batch_size: int, num_workers: int,
+                world_size: int) -> wds.WebLoader:
+    """Deterministic single pass: shards split over ranks, then over workers; every sample seen once."""
+    workers = max(1, num_workers)
+    if len(urls) < world_size * workers:
+        raise ValueError(f"{len(urls)} evaluation shards cannot be split over {world_size} ranks x {workers} "
+                         f"workers (each needs at least one shard): write more, smaller shards or lower num_workers")
+    dataset = (
+        wds.WebDataset(urls, resampled=False, shardshuffle=False, nodesplitter=wds.split_by_node,
+                       handler=wds.warn_and_continue)
+        .map(to_sample, handler=wds.warn_and_continue)
+        .batched(batch_size, collation_fn=default_collate, partial=True)
+    )
+    return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers)

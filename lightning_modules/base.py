@@ -1,0 +1,91 @@
+"""The shared base of every crocoman task: backbone + head, pretrained weights, optimisation.
+
+Subclasses only say what differs (their losses, metrics and steps); the optimiser recipe is
+CroCo's for every task: AdamW without weight decay on norms, biases and tokens, base LR scaled
+by the effective global batch / 256, linear warmup then half-cycle cosine, per step.
+"""
+
+import torch
+from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+from backbone.weights import load_croco
+from heads.base import Head
+
+
+class CrocoTask(LightningModule):
+    """Owns the backbone, the head and the optimiser.
+
+    Args:
+        backbone: the shared network (``backbone.CroCoNet``).
+        head: the task head; it is bound to the backbone here.
+        pretrained: checkpoint to initialise from (CroCo release, CroCo training checkpoint, or a
+            crocoman Lightning checkpoint); a report of matched / missing / unexpected keys is logged.
+        lr: base learning rate for a global batch of ``lr_reference_batch``.
+        lr_reference_batch: the LR actually used is ``lr * global_batch / lr_reference_batch``.
+        weight_decay: AdamW weight decay (never on 1-D parameters, biases and tokens).
+        betas: AdamW betas.
+        warmup_steps: optimizer steps of linear warmup.
+        min_lr_ratio: LR at the end of the cosine, relative to the peak.
+        compile: ``torch.compile`` the backbone (GPU runs; adds start-up time).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: Head,
+        pretrained: str | None = None,
+        lr: float = 1.5e-4,
+        lr_reference_batch: int = 256,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        # Objects (backbone, head, masking ...) are rebuilt from the run's config.yaml; keeping only
+        # plain values in the checkpoint lets it load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["backbone", "head"])
+        plain = (int, float, str, bool, tuple, list, type(None))
+        for name in [k for k, v in self.hparams.items() if not isinstance(v, plain)]:
+            del self.hparams[name]
+        self.backbone = backbone
+        self.head = head
+        self.head.bind(backbone)
+        if pretrained:
+            self.load_pretrained(pretrained)
+        if compile:
+            self.backbone.compile()
+
+    def load_pretrained(self, path: str) -> None:
+        report = load_croco(path, self.backbone, self.head)
+        rank_zero_info(f"Loaded pretrained weights from {path}: {report}")
+
+    def global_batch_size(self) -> int:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "batch_size"):
+            raise RuntimeError("LR scaling needs the per-device batch size: use a crocoman DataModule "
+                               "(it has `batch_size`) or set lr_reference_batch to your global batch")
+        return datamodule.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def configure_optimizers(self) -> dict:
+        lr = self.hparams.lr * self.global_batch_size() / self.hparams.lr_reference_batch
+        no_decay = [f"backbone.{n}" for n in getattr(self.backbone, "no_weight_decay", set)()]
+        groups = param_groups_weight_decay(self, self.hparams.weight_decay, no_weight_decay_list=no_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.hparams.betas, fused=self.device.type == "cuda")
+        total = self.trainer.estimated_stepping_batches
+        warmup = min(self.hparams.warmup_steps, int(total) - 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup),
+                                                            eta_min=lr * self.hparams.min_lr_ratio)
+        schedule = cosine if warmup <= 0 else torch.optim.lr_scheduler.SequentialLR(
+            optimizer,
+            [torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup), cosine],
+            milestones=[warmup],
+        )
+        rank_zero_info(f"AdamW: peak lr {lr:.3g} (base {self.hparams.lr:g} x global batch "
+                       f"{self.global_batch_size()} / {self.hparams.lr_reference_batch}), "
+                       f"{warmup} warmup steps, cosine over {total} steps")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

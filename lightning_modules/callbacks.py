@@ -1,0 +1,54 @@
+"""Callbacks that tell the person at the terminal what their run did."""
+
+from pathlib import Path
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from lightning_modules.visualize import picture_dir
+
+
+class RunSummary(Callback):
+    """Records the training loss at logging steps and prints where everything went at the end.
+
+    The loss is read after the first step and then every ``trainer.log_every_n_steps`` steps, so
+    the training loop gets no extra per-step host-device synchronisation.
+    """
+
+    def __init__(self, monitor: str = "loss") -> None:
+        self.monitor = monitor
+        self.history: list[tuple[int, float]] = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if (step == 1 or step % trainer.log_every_n_steps == 0) and self.monitor in trainer.callback_metrics:
+            self.history.append((step, trainer.callback_metrics[self.monitor].item()))
+
+    def summary(self, trainer: Trainer) -> list[str]:
+        lines = [f"crocoman: finished {trainer.global_step} steps"]
+        if len(self.history) >= 2:
+            tail = [v for _, v in self.history[-max(1, len(self.history) // 10):]]
+            start, end = self.history[0][1], sum(tail) / len(tail)
+            lines.append(f"  {self.monitor}: {start:.4f} at step {self.history[0][0]} -> {end:.4f} "
+                         f"(mean of the last {len(tail)} logged), {100 * (1 - end / start):.0f}% lower")
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                last = Path(callback.dirpath, "last.ckpt")
+                lines.append(f"  checkpoints: {callback.dirpath}" + (f" (last: {last})" if last.exists() else ""))
+                if callback.best_model_path:
+                    lines.append(f"  best ({callback.monitor}={callback.best_model_score:.4f}): "
+                                 f"{callback.best_model_path}")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                mode = "offline" if logger._offline else "online"
+                lines.append(f"  W&B run ({mode}): {logger.experiment.dir}")
+        pictures = picture_dir(trainer)
+        if pictures.exists():
+            lines.append(f"  pictures: {pictures} ({len(list(pictures.glob('*.png')))} PNG)")
+        return lines
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        print("\n".join(self.summary(trainer)), flush=True)

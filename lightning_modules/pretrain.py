@@ -1,0 +1,85 @@
+"""Cross-view / cross-pose completion pretraining (CroCo-Man)."""
+
+from torch import Tensor
+
+from backbone.masking import RandomMasking
+from heads.completion import patchify
+from lightning_modules.base import CrocoTask
+from lightning_modules.losses import masked_patch_mse, sum_by_pair_type
+from lightning_modules.visualize import log_picture, reconstruct_pixels, reconstruction_grid
+
+PAIR_TYPES = ("cross_view", "cross_pose")
+
+
+class PretrainModule(CrocoTask):
+    """Reconstruct the hidden patches of image 1 from its visible patches and image 2.
+
+    Batches carry ``image1``, ``image2`` (B, 3, H, W) in [0, 1], ``pair_type`` (index into
+    ``PAIR_TYPES``) and, for human masking, ``person1`` (B, H, W). The loss is logged per pair
+    type (``loss/cross_view``, ``loss/cross_pose``) and their sum as ``loss``.
+
+    Args:
+        masking: which patches to hide (``backbone.RandomMasking`` or ``backbone.HumanMasking``);
+            default: 90% uniformly at random, as in CroCo.
+        norm_pix: regress per-patch normalised pixels (CroCo's target) rather than raw pixels.
+        picture_every_n_steps: how often a reconstruction grid is written and logged.
+        **kwargs: backbone, head, optimiser and pretrained-weight arguments of ``CrocoTask``.
+    """
+
+    def __init__(self, *args, masking: RandomMasking | None = None, norm_pix: bool = True,
+                 picture_every_n_steps: int = 500, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.masking = masking or RandomMasking(0.9)
+        self.norm_pix = norm_pix
+        self.picture_every_n_steps = picture_every_n_steps
+
+    def forward(self, image1: Tensor, image2: Tensor, mask1: Tensor) -> Tensor:
+        """Predicted patches of image 1, (B, N, patch_size**2 * 3), for a given mask."""
+        tokens1, pos1 = self.backbone.encode(image1, mask1)
+        tokens2, pos2 = self.backbone.encode(image2)
+        return self.head(self.backbone.decode(tokens1, pos1, tokens2, pos2, mask1))
+
+    def complete(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Mask image 1, predict its patches; returns the mask, the prediction and the loss terms."""
+        image1 = batch["image1"]
+        mask = self.masking(image1.shape[0], self.backbone.image_grid(image1), batch.get("person1"), image1.device)
+        pred = self(image1, batch["image2"], mask)
+        per_sample = masked_patch_mse(pred, patchify(image1, self.backbone.patch_size), mask.flatten(1), self.norm_pix)
+        return mask, pred, sum_by_pair_type(per_sample, batch["pair_type"], PAIR_TYPES)
+
+    def _log_losses(self, terms: dict[str, Tensor], stage: str, batch_size: int) -> Tensor:
+        loss = sum(terms.values())
+        on_step = stage == "train"
+        prefix = "" if on_step else f"{stage}/"
+        options = {"on_step": on_step, "on_epoch": not on_step, "sync_dist": not on_step, "batch_size": batch_size}
+        self.log(f"{prefix}loss", loss, prog_bar=True, **options)
+        for name, term in terms.items():
+            self.log(f"{prefix}loss/{name}", term, **options)
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        mask, pred, terms = self.complete(batch)
+        if self.global_step % self.picture_every_n_steps == 0 and self.trainer.is_global_zero:
+            self._log_reconstructions(batch, mask, pred, "train/reconstruction")
+        return self._log_losses(terms, "train", len(mask))
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        mask, pred, terms = self.complete(batch)
+        self._log_losses(terms, "val", len(mask))
+        if batch_idx == 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self._log_reconstructions(batch, mask, pred, "val/reconstruction")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        mask, _, terms = self.complete(batch)
+        self._log_losses(terms, "test", len(mask))
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Image 1 completed (hidden patches predicted, visible ones copied), with its mask."""
+        mask, pred, _ = self.complete(batch)
+        return {"reconstruction": reconstruct_pixels(batch["image1"], mask, pred, self.backbone.patch_size,
+                                                     self.norm_pix), "mask": mask}
+
+    def _log_reconstructions(self, batch: dict[str, Tensor], mask: Tensor, pred: Tensor, key: str) -> None:
+        grid = reconstruction_grid(batch["image1"], batch["image2"], mask, pred.detach(), self.backbone.patch_size,
+                                   self.norm_pix)
+        log_picture(self.trainer, key, grid.cpu())

@@ -1,0 +1,32 @@
+"""Shared fixtures: real shards on disk, written by our own synthetic-world tool."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tools.synth import write_pair_shards
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pair_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic pair-shard set: 3 train shards and 2 val shards of 64 px groups."""
+    out = tmp_path_factory.mktemp("pairs")
+    write_pair_shards(out, num_groups=24, val_groups=8, image_size=64, cameras=2, times=3, seed=0,
+                      groups_per_shard=8)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def finish_wandb_runs():
+    """Each CLI run in a test gets its own W&B run, as separate processes would."""
+    yield
+    import wandb
+
+    wandb.finish()

@@ -1,0 +1,1 @@
+"""Command-line tools around crocoman: synthetic data, dataset converters, benchmarks."""

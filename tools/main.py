@@ -1,0 +1,22 @@
+"""The ``crocoman`` command: LightningCLI over every task and DataModule; everything else is YAML."""
+
+from lightning import LightningDataModule
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+from lightning_modules.base import CrocoTask
+
+
+def main(args: ArgsType = None) -> None:
+    LightningCLI(
+        model_class=CrocoTask,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Write synthetic groups as WebDataset pair shards (schema: shared design.md, "Pair shards").
+
+Groups are rendered in worker processes and written by the parent in group order, and each
+group draws its randomness from (seed, group index) alone, so the shards are byte-identical
+for any number of workers: a dataset is named by its seed and sizes, not by the machine.
+"""
+
+import io
+import json
+import multiprocessing
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+from tools.synth.world import Frame, render_group
+
+VERSION = "crocoman-synth-pairs/1"
+SHARD_PATTERN = "pairs-%06d.tar"
+_JPEG_QUALITY = 90
+_DECIMALS = 6  # 1 um in camera space, 1e-6 px in the crop
+
+
+def _listed(values: torch.Tensor) -> list:
+    return values.double().round(decimals=_DECIMALS).tolist()
+
+
+def _jpeg(rgb: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb.numpy()).save(buffer, format="JPEG", quality=_JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _png_mask(mask: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(mask.numpy().astype(np.uint8) * 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _frame_record(frame: Frame, name: str) -> dict:
+    return {
+        "name": f"{name}.jpg",
+        "mask": f"{name}.mask.png",
+        "camera": f"cam{frame.camera}",
+        "time": frame.time,
+        "K": _listed(frame.K),
+        "R": _listed(frame.R),
+        "t": _listed(frame.t),
+        "bbox": list(frame.bbox_px),
+        "joints_2d": _listed(frame.joints_2d_px),
+        "joints_3d": _listed(frame.joints_3d_m),
+    }
+
+
+def encode_group(index: int, seed: int, image_size: int, cameras: int, times: int) -> dict[str, str | bytes]:
+    """Render group `index` and encode it as one tar sample (key, group.json, fN.jpg, fN.mask.png)."""
+    group = render_group(seed, index, image_size, cameras, times)
+    sample: dict[str, str | bytes] = {"__key__": f"group{index:07d}"}
+    records = []
+    for number, frame in enumerate(group.frames):
+        name = f"f{number}"
+        sample[f"{name}.jpg"] = _jpeg(frame.rendering.rgb)
+        sample[f"{name}.mask.png"] = _png_mask(frame.rendering.mask)
+        records.append(_frame_record(frame, name))
+    sample["group.json"] = json.dumps({"subject": group.subject, "frames": records}, separators=(",", ":")).encode()
+    return sample
+
+
+@contextmanager
+def _rendered(job: Callable[[int], dict], indices: range, workers: int) -> Iterator[Iterator[dict]]:
+    """Samples in index order. Every renderer runs single-threaded, in-process or in a worker,
+    so float results cannot depend on how many intra-op threads a process happened to have."""
+    if workers > 1:
+        # spawn, not fork: forking a parent that already ran torch's thread pools can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            yield pool.imap(job, indices, chunksize=4)
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield map(job, indices)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _refuse_stale_shards(split_dir: Path) -> None:
+    stale = sorted(split_dir.glob("pairs-*.tar"))
+    if stale:
+        raise FileExistsError(
+            f"{split_dir} already holds {len(stale)} shards (e.g. {stale[0].name}); a reader globbing it "
+            "would mix them with the new ones. Delete them or choose another out_dir."
+        )
+
+
+def write_pair_shards(
+    out_dir: str | Path,
+    num_groups: int,
+    image_size: int = 128,
+    cameras: int = 3,
+    times: int = 3,
+    seed: int = 0,
+    workers: int = 1,
+    groups_per_shard: int = 100,
+    val_groups: int = 0,
+) -> dict:
+    """Render `num_groups` train (and `val_groups` validation) groups of `cameras` x `times`
+    frames into `out_dir/{train,val}/pairs-%06d.tar` and return the manifest also written to
+    `out_dir/manifest.json`. Validation groups follow the train indices, so they are
+    different people."""
+    for name, value, minimum in (
+        ("num_groups", num_groups, 1), ("image_size", image_size, 16), ("cameras", cameras, 1),
+        ("times", times, 1), ("workers", workers, 1), ("groups_per_shard", groups_per_shard, 1),
+        ("val_groups", val_groups, 0),
+    ):  # fmt: skip
+        if value < minimum:
+            raise ValueError(f"write_pair_shards: {name}={value}, needs at least {minimum}")
+    out = Path(out_dir)
+    splits = {"train": range(num_groups)}
+    if val_groups:
+        splits["val"] = range(num_groups, num_groups + val_groups)
+    for split in splits:
+        _refuse_stale_shards(out / split)
+
+    started = time.perf_counter()
+    job = partial(encode_group, seed=seed, image_size=image_size, cameras=cameras, times=times)
+    manifest_splits = {}
+    total = num_groups + val_groups
+    with _rendered(job, range(total), workers) as samples, tqdm(total=total, unit="group", desc="synth") as bar:
+        for split, indices in splits.items():
+            (out / split).mkdir(parents=True, exist_ok=True)
+            groups_in_shard: Counter[Path] = Counter()
+            # mtime fixed so that equal data gives byte-equal tars.
+            pattern = str(out / split / SHARD_PATTERN)
+            with wds.ShardWriter(pattern, maxcount=groups_per_shard, verbose=0, mtime=0) as writer:
+                for _ in indices:
+                    writer.write(next(samples))
+                    groups_in_shard[Path(writer.fname)] += 1
+                    bar.update()
+            manifest_splits[split] = {
+                "groups": len(indices),
+                "frames": len(indices) * cameras * times,
+                "shards": [
+                    {"path": path.relative_to(out).as_posix(), "groups": count, "bytes": path.stat().st_size}
+                    for path, count in groups_in_shard.items()
+                ],
+            }
+    seconds = time.perf_counter() - started
+
+    total_bytes = sum(shard["bytes"] for split in manifest_splits.values() for shard in split["shards"])
+    manifest = {
+        "version": VERSION,
+        "seed": seed,
+        "image_size": image_size,
+        "cameras": cameras,
+        "times": times,
+        "frames_per_group": cameras * times,
+        "groups_per_shard": groups_per_shard,
+        "splits": manifest_splits,
+        "total_bytes": total_bytes,
+        "generation_seconds": round(seconds, 2),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    shards = sum(len(split["shards"]) for split in manifest_splits.values())
+    print(
+        f"synth: {num_groups} train + {val_groups} val groups ({total * cameras * times} frames of "
+        f"{image_size} px) in {shards} shards, {total_bytes / 1e6:.1f} MB, {seconds:.1f} s "
+        f"({total / seconds:.1f} groups/s, {workers} workers) -> {out}"
+    )
+    return manifest
