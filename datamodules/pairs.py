@@ -13,12 +13,12 @@ import zlib
 
 import numpy as np
 import torch
-from lightning import LightningDataModule
 from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from datamodules.base import ShardDataModule
 from datamodules.shards import eval_loader, expand_shards, train_loader
 
 CROSS_VIEW, CROSS_POSE = 0, 1
@@ -93,7 +93,7 @@ class PairSampler:
         return {"image1": image1, "image2": image2, "person1": person1, "pair_type": torch.tensor(pair_type)}
 
 
-class PairDataModule(LightningDataModule):
+class PairDataModule(ShardDataModule):
     """Pretraining pairs from WebDataset pair shards.
 
     Args:
@@ -128,24 +128,20 @@ class PairDataModule(LightningDataModule):
         crop_scale: tuple[float, float] = (0.6, 1.0),
         color_jitter: float = 0.4,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size)
         self.save_hyperparameters()
-        self.batch_size = batch_size
 
     def _sampler(self, train: bool) -> PairSampler:
         hp = self.hparams
         return PairSampler(hp.image_size, hp.cross_view_ratio, hp.max_time_gap, augment=train and hp.augment,
                            crop_scale=hp.crop_scale, color_jitter=hp.color_jitter, deterministic=not train)
 
-    def _world_size(self) -> int:
-        return self.trainer.world_size if self.trainer is not None else 1
-
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         hp = self.hparams
-        batches_per_rank = hp.epoch_pairs // (hp.batch_size * self._world_size())
+        batches_per_rank = hp.epoch_pairs // (hp.batch_size * self.world_size())
         if batches_per_rank < 1:
             raise ValueError(f"epoch_pairs={hp.epoch_pairs} is less than one batch per rank "
-                             f"({hp.batch_size} x {self._world_size()} ranks)")
+                             f"({hp.batch_size} x {self.world_size()} ranks)")
         return train_loader(expand_shards(hp.train_shards), self._sampler(train=True), hp.batch_size,
                             hp.num_workers, batches_per_rank, hp.shuffle_buffer)
 
@@ -153,7 +149,7 @@ class PairDataModule(LightningDataModule):
         if shards is None:
             return []
         return eval_loader(expand_shards(shards), self._sampler(train=False), self.hparams.batch_size,
-                           self.hparams.num_workers, self._world_size())
+                           self.hparams.num_workers, self.world_size())
 
     def val_dataloader(self) -> torch.utils.data.DataLoader | list:
         return self._eval_loader(self.hparams.val_shards)

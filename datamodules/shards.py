@@ -7,6 +7,8 @@ import braceexpand
 import webdataset as wds
 from torch.utils.data import default_collate
 
+from datamodules.health import SkipCounter
+
 
 def expand_shards(spec: str | list[str]) -> list[str]:
     """Shard URLs from a directory (its ``*.tar``), a brace pattern, a ``pipe:`` URL, or a list of those."""
@@ -32,12 +34,14 @@ def train_loader(urls: list[str], to_sample: Callable[[dict], dict], batch_size:
     Resampling (shards drawn with replacement per worker) means every rank and worker always
     has data, so all ranks run the same number of steps and DDP never waits on a short rank.
     """
+    skips = SkipCounter()
     dataset = (
         wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=wds.split_by_node,
-                       handler=wds.warn_and_continue)
+                       handler=skips.shard_error)
         .shuffle(shuffle_buffer)
-        .map(to_sample, handler=wds.warn_and_continue)
+        .map(to_sample, handler=skips.sample_error)
         .batched(batch_size, collation_fn=default_collate, partial=False)
+        .map(skips.attach)
     )
     loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
     # with_epoch cuts the stream; the length only lets Lightning show progress and count steps.
@@ -51,10 +55,12 @@ def eval_loader(urls: list[str], to_sample: Callable[[dict], dict], batch_size: 
     if len(urls) < world_size * workers:
         raise ValueError(f"{len(urls)} evaluation shards cannot be split over {world_size} ranks x {workers} "
                          f"workers (each needs at least one shard): write more, smaller shards or lower num_workers")
+    skips = SkipCounter()
     dataset = (
         wds.WebDataset(urls, resampled=False, shardshuffle=False, nodesplitter=wds.split_by_node,
-                       handler=wds.warn_and_continue)
-        .map(to_sample, handler=wds.warn_and_continue)
+                       handler=skips.shard_error)
+        .map(to_sample, handler=skips.sample_error)
         .batched(batch_size, collation_fn=default_collate, partial=True)
+        .map(skips.attach)
     )
     return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers)

@@ -7,6 +7,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from datamodules.health import SKIP_KINDS
 from lightning_modules.visualize import picture_dir
 
 
@@ -52,3 +53,24 @@ class RunSummary(Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         print("\n".join(self.summary(trainer)), flush=True)
+
+
+class SkippedSamples(Callback):
+    """Logs ``data/skipped/<kind>`` (summed over ranks) at the end of every train and val epoch.
+
+    The counts come from the DataModule's ``skipped`` tally; nothing is synchronised per step.
+    """
+
+    def _log(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        skipped = getattr(trainer.datamodule, "skipped", None)
+        if skipped is None:
+            return
+        for kind, count in zip(SKIP_KINDS, skipped.float()):
+            pl_module.log(f"data/skipped/{kind}", count, reduce_fx="sum", sync_dist=True)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._log(trainer, pl_module)

@@ -1,15 +1,15 @@
 """The ``crocoman`` command: LightningCLI over every task and DataModule; everything else is YAML."""
 
-from lightning import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
+from datamodules.base import ShardDataModule
 from lightning_modules.base import CrocoTask
 
 
 def main(args: ArgsType = None) -> None:
     LightningCLI(
         model_class=CrocoTask,
-        datamodule_class=LightningDataModule,
+        datamodule_class=ShardDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,

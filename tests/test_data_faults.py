@@ -1,0 +1,63 @@
+"""Bad data is skipped, counted and logged; good data around it still arrives."""
+
+import csv
+import tarfile
+
+import pytest
+import webdataset as wds
+
+from datamodules import PairDataModule
+from datamodules.health import SKIP_KINDS, SKIPPED_KEY
+from datamodules.shards import expand_shards
+
+
+def write(path, samples) -> None:
+    with wds.TarWriter(str(path)) as writer:
+        for sample in samples:
+            writer.write({k: v for k, v in sample.items() if k != "__url__"})
+
+
+@pytest.fixture(scope="module")
+def faulty_shards(pair_shards, tmp_path_factory):
+    """Shard 0: 4 good groups, one with corrupt JPEGs, one naming frames that are not in the tar.
+    Shard 1: 3 good groups, cut off inside the last member (the 3rd group's group.json)."""
+    out = tmp_path_factory.mktemp("faulty")
+    good = list(wds.WebDataset(expand_shards(str(pair_shards / "train")), shardshuffle=False))
+    corrupt = {k: (b"not a jpeg" if k.endswith(".jpg") else v) for k, v in good[4].items()}
+    missing = {k: v for k, v in good[5].items() if not k.endswith((".jpg", ".png"))}
+    write(out / "pairs-000000.tar", [*good[:4], corrupt, missing])
+    truncated = out / "pairs-000001.tar"
+    write(truncated, good[6:9])
+    with tarfile.open(truncated) as tar:
+        last = tar.getmembers()[-1]
+    assert last.name.endswith("group.json")
+    with open(truncated, "r+b") as f:
+        f.truncate(last.offset_data + 5)
+    return out
+
+
+def test_faults_are_skipped_and_counted(faulty_shards):
+    dm = PairDataModule(str(faulty_shards), val_shards=str(faulty_shards), batch_size=2, num_workers=0,
+                        image_size=32)
+    batches = list(dm.val_dataloader())
+    skipped = dict(zip(SKIP_KINDS, sum(b[SKIPPED_KEY] for b in batches).tolist()))
+    # the cut-off group arrives without its group.json: counted as a missing key
+    assert skipped == {"unreadable_shard": 1, "corrupt_image": 1, "missing_key": 2, "bad_sample": 0}
+    assert sum(len(b["pair_type"]) for b in batches) == 4 + 2
+
+
+def test_faulty_shards_train_through_the_cli_and_log_counts(faulty_shards, tmp_path, monkeypatch):
+    from tests.test_cli import TINY_MODEL, REPO
+    from tools.main import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL,
+          f"--data.train_shards={faulty_shards}", f"--data.val_shards={faulty_shards}", "--data.image_size=64",
+          "--data.batch_size=2", "--data.num_workers=0", "--data.epoch_pairs=16", "--data.shuffle_buffer=4",
+          "--trainer.max_steps=8", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+          "--trainer.logger.save_dir=logs"])
+    with open(tmp_path / "logs/lightning_logs/version_0/metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row["data/skipped/unreadable_shard"]]
+    # counts are cumulative over training and validation; validation alone holds at least these
+    final = {kind: float(rows[-1][f"data/skipped/{kind}"]) for kind in SKIP_KINDS}
+    assert final["unreadable_shard"] >= 1 and final["corrupt_image"] >= 1 and final["missing_key"] >= 2
