@@ -18,8 +18,9 @@ class ShardDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.skipped = torch.zeros(len(SKIP_KINDS), dtype=torch.long)
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        self.skipped = pop_skips(batch, self.skipped.to(next(iter(batch.values())).device))
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Still on the CPU here: tallying costs no device synchronisation.
+        self.skipped = pop_skips(batch, self.skipped)
         return batch
 
     def world_size(self) -> int:

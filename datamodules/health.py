@@ -67,4 +67,4 @@ class SkipCounter:
 def pop_skips(batch: dict, totals: Tensor) -> Tensor:
     """Remove the skip counts from a batch and add them to ``totals`` (returned)."""
     skipped = batch.pop(SKIPPED_KEY, None)
-    return totals if skipped is None else totals + skipped.to(totals.device)
+    return totals if skipped is None else totals + skipped

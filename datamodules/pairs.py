@@ -19,7 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datamodules.base import ShardDataModule
-from datamodules.shards import eval_loader, expand_shards, train_loader
+from datamodules.shards import eval_loader, expand_shards, shard_sources, train_loader
 
 CROSS_VIEW, CROSS_POSE = 0, 1
 
@@ -90,7 +90,8 @@ class PairSampler:
         i, j, pair_type = choose_pair(group["frames"], rng, self.cross_view_ratio, self.max_time_gap)
         image1, person1 = self.view(sample, group["frames"][i])
         image2, _ = self.view(sample, group["frames"][j])
-        return {"image1": image1, "image2": image2, "person1": person1, "pair_type": torch.tensor(pair_type)}
+        return {"image1": image1, "image2": image2, "person1": person1, "pair_type": torch.tensor(pair_type),
+                "key": sample["__key__"]}
 
 
 class PairDataModule(ShardDataModule):
@@ -98,6 +99,8 @@ class PairDataModule(ShardDataModule):
 
     Args:
         train_shards: directory, brace pattern, ``pipe:`` URL or list of them.
+        train_weights: mix the entries of ``train_shards`` as separate sources, drawn with these
+            relative weights (e.g. ``[1, 2]``: synthetic once for every two real pairs).
         val_shards: same, for validation (optional).
         test_shards: same, for ``test`` / ``predict`` (defaults to ``val_shards``).
         batch_size: pairs per device per step.
@@ -115,6 +118,7 @@ class PairDataModule(ShardDataModule):
     def __init__(
         self,
         train_shards: str | list[str],
+        train_weights: list[float] | None = None,
         val_shards: str | list[str] | None = None,
         test_shards: str | list[str] | None = None,
         batch_size: int = 64,
@@ -142,8 +146,9 @@ class PairDataModule(ShardDataModule):
         if batches_per_rank < 1:
             raise ValueError(f"epoch_pairs={hp.epoch_pairs} is less than one batch per rank "
                              f"({hp.batch_size} x {self.world_size()} ranks)")
-        return train_loader(expand_shards(hp.train_shards), self._sampler(train=True), hp.batch_size,
-                            hp.num_workers, batches_per_rank, hp.shuffle_buffer)
+        return train_loader(shard_sources(hp.train_shards, hp.train_weights), hp.train_weights,
+                            self._sampler(train=True), hp.batch_size, hp.num_workers, batches_per_rank,
+                            hp.shuffle_buffer)
 
     def _eval_loader(self, shards: str | list[str] | None) -> torch.utils.data.DataLoader | list:
         if shards is None:

@@ -27,21 +27,35 @@ def expand_shards(spec: str | list[str]) -> list[str]:
     return urls
 
 
-def train_loader(urls: list[str], to_sample: Callable[[dict], dict], batch_size: int, num_workers: int,
-                 batches_per_rank: int, shuffle_buffer: int) -> wds.WebLoader:
-    """Infinite resampled stream cut into epochs of exactly ``batches_per_rank`` full batches.
+def shard_sources(spec: str | list[str], weights: list[float] | None) -> list[list[str]]:
+    """One URL list per source: each entry of ``spec`` when weights are given, else all in one."""
+    if weights is None:
+        return [expand_shards(spec)]
+    entries = [spec] if isinstance(spec, str) else list(spec)
+    if len(weights) != len(entries) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"train_weights {weights} must give one non-negative weight per train_shards entry "
+                         f"({len(entries)}: {entries}), not all zero")
+    return [expand_shards(entry) for entry in entries]
+
+
+def train_loader(sources: list[list[str]], weights: list[float] | None, to_sample: Callable[[dict], dict],
+                 batch_size: int, num_workers: int, batches_per_rank: int, shuffle_buffer: int) -> wds.WebLoader:
+    """Infinite resampled stream, mixed over sources, cut into epochs of exactly ``batches_per_rank`` full batches.
 
     Resampling (shards drawn with replacement per worker) means every rank and worker always
     has data, so all ranks run the same number of steps and DDP never waits on a short rank.
+    Each source is its own stream; with several, every sample comes from source i with
+    probability ``weights[i] / sum(weights)`` whatever the sources' sizes.
     """
     skips = SkipCounter()
-    dataset = (
-        wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=wds.split_by_node,
-                       handler=skips.shard_error)
-        .shuffle(shuffle_buffer)
-        .map(to_sample, handler=skips.sample_error)
-        .batched(batch_size, collation_fn=default_collate, partial=False)
-        .map(skips.attach)
+    streams = [wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=wds.split_by_node,
+                              handler=skips.shard_error) for urls in sources]
+    dataset = wds.DataPipeline(
+        streams[0] if len(streams) == 1 else wds.RandomMix(streams, weights),
+        wds.shuffle(shuffle_buffer),
+        wds.map(to_sample, handler=skips.sample_error),
+        wds.batched(batch_size, collation_fn=default_collate, partial=False),
+        wds.map(skips.attach),
     )
     loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
     # with_epoch cuts the stream; the length only lets Lightning show progress and count steps.

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 from lightning import Trainer
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -39,7 +39,16 @@ def reconstruction_grid(image1: Tensor, image2: Tensor, mask: Tensor, pred: Tens
 
 
 def picture_dir(trainer: Trainer) -> Path:
-    return Path(trainer.log_dir or trainer.default_root_dir) / "pictures"
+    """Where the run's pictures go: the logger's run folder, as ``trainer.log_dir`` would say.
+
+    ``trainer.log_dir`` itself broadcasts between ranks, so calling it from rank zero alone (where
+    pictures are written) would hang a DDP job; the loggers' own properties are local.
+    """
+    logger = trainer.logger
+    if logger is None:
+        return Path(trainer.default_root_dir) / "pictures"
+    root = logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else logger.save_dir
+    return Path(root or trainer.default_root_dir) / "pictures"
 
 
 def log_picture(trainer: Trainer, key: str, image: Tensor) -> Path:

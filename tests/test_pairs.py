@@ -88,3 +88,27 @@ def test_person_mask_falls_back_to_bbox(pair_shards, tmp_path):
     dm = PairDataModule("unused", image_size=64, augment=False)
     _, person = dm._sampler(train=False).view(sample, frame)
     assert person[y:y + h, x:x + w].all() and person.sum() == pytest.approx(min(h, 64 - y) * min(w, 64 - x))
+
+
+def test_sources_mix_with_configured_weights(pair_shards):
+    """Val groups are numbered after the 24 train groups, so keys tell the two sources apart."""
+    dm = PairDataModule([str(pair_shards / "train"), str(pair_shards / "val")], train_weights=[1.0, 3.0],
+                        batch_size=16, num_workers=0, image_size=16, epoch_pairs=640, shuffle_buffer=1, augment=False)
+    keys = [k for batch in dm.train_dataloader() for k in batch["key"]]
+    val_share = sum(int(k.removeprefix("group")) >= 24 for k in keys) / len(keys)
+    assert len(keys) == 640 and 0.68 < val_share < 0.82
+
+
+def test_bad_weights_are_refused(pair_shards):
+    dm = PairDataModule([str(pair_shards / "train")], train_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="one non-negative weight per train_shards entry"):
+        dm.train_dataloader()
+
+
+def test_pipe_urls_read_like_files(pair_shards):
+    shard = expand_shards(str(pair_shards / "val"))[0]
+    direct = PairDataModule("unused", val_shards=shard, batch_size=8, num_workers=0, image_size=16)
+    piped = PairDataModule("unused", val_shards=f"pipe:cat {shard}", batch_size=8, num_workers=0, image_size=16)
+    a, b = next(iter(direct.val_dataloader())), next(iter(piped.val_dataloader()))
+    assert a["key"] == b["key"]
+    torch.testing.assert_close(a["image1"], b["image1"])

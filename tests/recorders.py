@@ -1,0 +1,31 @@
+"""Callbacks that tests add through the CLI (``--trainer.callbacks+=tests.recorders.BatchRecorder``)."""
+
+import json
+import os
+from pathlib import Path
+
+from lightning import Callback, LightningModule, Trainer
+
+
+class BatchRecorder(Callback):
+    """Writes, per rank, the number of training batches per epoch and the keys seen in validation.
+
+    The output folder comes from ``CROCOMAN_RECORD_DIR`` so the callback needs no arguments.
+    """
+
+    def __init__(self) -> None:
+        self.train_batches: dict[int, int] = {}
+        self.val_keys: list[str] = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.train_batches[trainer.current_epoch] = self.train_batches.get(trainer.current_epoch, 0) + 1
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:
+            self.val_keys.extend(batch["key"])
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        out = Path(os.environ["CROCOMAN_RECORD_DIR"], f"rank{trainer.global_rank}.json")
+        out.write_text(json.dumps({"train_batches": self.train_batches, "val_keys": self.val_keys,
+                                   "world_size": trainer.world_size}))
