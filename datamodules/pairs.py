@@ -24,8 +24,9 @@ from datamodules.shards import eval_loader, expand_shards, shard_sources, train_
 CROSS_VIEW, CROSS_POSE = 0, 1
 
 
-def candidate_pairs(frames: list[dict], max_time_gap: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """All ordered (i, j) cross-view pairs and cross-pose pairs (time gap <= max_time_gap) of a group."""
+def candidate_pairs(frames: list[dict],
+                    time_gap: tuple[int, int]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """All ordered (i, j) cross-view pairs and cross-pose pairs (time gap within ``time_gap``) of a group."""
     cross_view, cross_pose = [], []
     for i, a in enumerate(frames):
         for j, b in enumerate(frames):
@@ -33,15 +34,15 @@ def candidate_pairs(frames: list[dict], max_time_gap: int) -> tuple[list[tuple[i
                 continue
             if a["time"] == b["time"] and a["camera"] != b["camera"]:
                 cross_view.append((i, j))
-            elif a["camera"] == b["camera"] and 0 < abs(a["time"] - b["time"]) <= max_time_gap:
+            elif a["camera"] == b["camera"] and time_gap[0] <= abs(a["time"] - b["time"]) <= time_gap[1]:
                 cross_pose.append((i, j))
     return cross_view, cross_pose
 
 
 def choose_pair(frames: list[dict], rng: random.Random, cross_view_ratio: float,
-                max_time_gap: int) -> tuple[int, int, int]:
+                time_gap: tuple[int, int]) -> tuple[int, int, int]:
     """Pick (i, j, pair_type); falls back to the other type when the group has none of the drawn one."""
-    cross_view, cross_pose = candidate_pairs(frames, max_time_gap)
+    cross_view, cross_pose = candidate_pairs(frames, time_gap)
     if not cross_view and not cross_pose:
         raise ValueError(f"group has no cross-view or cross-pose pair ({len(frames)} frames)")
     want_view = rng.random() < cross_view_ratio
@@ -51,8 +52,12 @@ def choose_pair(frames: list[dict], rng: random.Random, cross_view_ratio: float,
 
 
 def person_mask(sample: dict, frame: dict, size: tuple[int, int]) -> Tensor:
-    """The frame's silhouette; its filled bounding box when the dataset has no silhouettes; else all ones."""
-    if frame.get("mask") and frame["mask"] in sample:
+    """The frame's silhouette; its filled bounding box when the dataset has no silhouettes; else all ones.
+
+    A silhouette named in group.json but absent from the tar raises KeyError: a counted skip, not
+    a silent switch to the box.
+    """
+    if frame.get("mask"):
         return torch.from_numpy(np.array(Image.open(io.BytesIO(sample[frame["mask"]])).convert("L")) > 127)
     mask = torch.zeros(size[1], size[0], dtype=torch.bool)
     if frame.get("bbox"):
@@ -64,12 +69,14 @@ def person_mask(sample: dict, frame: dict, size: tuple[int, int]) -> Tensor:
 
 
 class PairSampler:
-    """Turns one decoded-on-demand group sample into a training pair (a picklable map stage)."""
+    """Turns one group sample into a training pair, decoding only the two chosen frames (a map stage)."""
 
-    def __init__(self, image_size: int, cross_view_ratio: float, max_time_gap: int, augment: bool,
-                 crop_scale: tuple[float, float], color_jitter: float, deterministic: bool) -> None:
+    def __init__(self, image_size: int, cross_view_ratio: float, time_gap: tuple[int, int], augment: bool,
+                 independent_augmentation: bool, crop_scale: tuple[float, float], color_jitter: float,
+                 deterministic: bool) -> None:
         self.cross_view_ratio = cross_view_ratio
-        self.max_time_gap = max_time_gap
+        self.time_gap = time_gap
+        self.independent_augmentation = independent_augmentation
         self.deterministic = deterministic
         geometry = (v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True) if augment
                     else v2.Resize((image_size, image_size), antialias=True))
@@ -77,20 +84,24 @@ class PairSampler:
         self.transform = v2.Compose([geometry, *photometric, v2.ToDtype({tv_tensors.Image: torch.float32,
                                                                           "others": None}, scale=True)])
 
-    def view(self, sample: dict, frame: dict) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def load(sample: dict, frame: dict) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image = Image.open(io.BytesIO(sample[frame["name"]])).convert("RGB")
-        mask = person_mask(sample, frame, image.size)
-        image, mask = self.transform(tv_tensors.Image(v2.functional.pil_to_tensor(image)), tv_tensors.Mask(mask))
-        return image.as_subclass(Tensor), mask.as_subclass(Tensor).float()
+        return tv_tensors.Image(v2.functional.pil_to_tensor(image)), tv_tensors.Mask(person_mask(sample, frame, image.size))
 
     def __call__(self, sample: dict) -> dict[str, Tensor]:
         group = json.loads(sample["group.json"])
         # Evaluation draws the same pair of a group every time, so its loss is comparable across epochs.
         rng = random.Random(zlib.crc32(sample["__key__"].encode())) if self.deterministic else random
-        i, j, pair_type = choose_pair(group["frames"], rng, self.cross_view_ratio, self.max_time_gap)
-        image1, person1 = self.view(sample, group["frames"][i])
-        image2, _ = self.view(sample, group["frames"][j])
-        return {"image1": image1, "image2": image2, "person1": person1, "pair_type": torch.tensor(pair_type),
+        i, j, pair_type = choose_pair(group["frames"], rng, self.cross_view_ratio, self.time_gap)
+        (image1, person1), (image2, _) = self.load(sample, group["frames"][i]), self.load(sample, group["frames"][j])
+        if self.independent_augmentation:
+            image1, person1 = self.transform(image1, person1)
+            image2 = self.transform(image2)
+        else:  # one call draws one set of random parameters for everything passed
+            image1, person1, image2 = self.transform(image1, person1, image2)
+        return {"image1": image1.as_subclass(Tensor), "image2": image2.as_subclass(Tensor),
+                "person1": person1.as_subclass(Tensor).float(), "pair_type": torch.tensor(pair_type),
                 "key": sample["__key__"]}
 
 
@@ -107,10 +118,12 @@ class PairDataModule(ShardDataModule):
         num_workers: loader processes per device.
         image_size: side of the square crops fed to the model.
         cross_view_ratio: share of cross-view pairs (1 = cross-view only, 0 = cross-pose only).
-        max_time_gap: largest time-index gap of a cross-pose pair.
+        time_gap: smallest and largest time-index gap of a cross-pose pair.
         epoch_pairs: pairs per training epoch over all ranks (resampled stream, so it is a choice).
         shuffle_buffer: groups held in each worker's shuffle buffer.
-        augment: random resized crops and colour jitter, drawn independently for the two images.
+        augment: random resized crops and colour jitter.
+        independent_augmentation: draw the augmentation separately for each image of a pair (CroCo's
+            recipe) rather than once for both.
         crop_scale: area range of the random crops.
         color_jitter: strength of brightness/contrast/saturation jitter (hue gets a quarter).
     """
@@ -125,10 +138,11 @@ class PairDataModule(ShardDataModule):
         num_workers: int = 4,
         image_size: int = 224,
         cross_view_ratio: float = 0.5,
-        max_time_gap: int = 4,
+        time_gap: tuple[int, int] = (1, 4),
         epoch_pairs: int = 100_000,
         shuffle_buffer: int = 1000,
         augment: bool = True,
+        independent_augmentation: bool = True,
         crop_scale: tuple[float, float] = (0.6, 1.0),
         color_jitter: float = 0.4,
     ) -> None:
@@ -137,8 +151,9 @@ class PairDataModule(ShardDataModule):
 
     def _sampler(self, train: bool) -> PairSampler:
         hp = self.hparams
-        return PairSampler(hp.image_size, hp.cross_view_ratio, hp.max_time_gap, augment=train and hp.augment,
-                           crop_scale=hp.crop_scale, color_jitter=hp.color_jitter, deterministic=not train)
+        return PairSampler(hp.image_size, hp.cross_view_ratio, tuple(hp.time_gap), augment=train and hp.augment,
+                           independent_augmentation=hp.independent_augmentation, crop_scale=hp.crop_scale,
+                           color_jitter=hp.color_jitter, deterministic=not train)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         hp = self.hparams

@@ -52,3 +52,17 @@ def test_missing_shards_are_reported_with_the_fix(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="crocoman-data synth"):
         main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL,
               "--data.train_shards=nowhere", "--trainer.max_steps=1"])
+
+
+@pytest.mark.parametrize("snippet", sorted(p.name for p in (REPO / "configs/trainer").glob("*.yaml")))
+def test_trainer_snippets_compose_with_task_configs(snippet, capsys):
+    """Every trainer snippet layers over a task config and validates (GPU ones are run where GPUs are)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(REPO / "configs/pretrain/vitb.yaml"), "-c", str(REPO / "configs/trainer" / snippet),
+              "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    snippet_text = (REPO / "configs/trainer" / snippet).read_text()
+    for value in ("FSDPStrategy", "DDPStrategy", "bf16-mixed", "32-true"):
+        if value in snippet_text:
+            assert value in printed

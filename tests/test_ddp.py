@@ -1,4 +1,5 @@
-"""Real two-process DDP (gloo on CPU) through the `crocoman` command, as a cluster job runs it."""
+"""Real two-process DDP (gloo on CPU) through the `crocoman` command and the DDP trainer snippet,
+as a cluster job runs it."""
 
 import json
 import os
@@ -27,7 +28,8 @@ def test_two_rank_ddp_equal_batches_and_validation_sees_every_sample_once(ddp_sh
         sys.executable, "-m", "tools.main", "fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL,
         f"--data.train_shards={ddp_shards / 'train'}", f"--data.val_shards={ddp_shards / 'val'}",
         "--data.image_size=64", "--data.batch_size=2", "--data.num_workers=2", "--data.epoch_pairs=16",
-        "--data.shuffle_buffer=4", "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_steps=8",
+        "--data.shuffle_buffer=4", "-c", str(REPO / "configs/trainer/ddp.yaml"), "--trainer.accelerator=cpu",
+        "--trainer.devices=2", "--trainer.precision=32-true", "--trainer.max_steps=8",
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=logs",
         "--trainer.callbacks+=tests.recorders.BatchRecorder",
     ]

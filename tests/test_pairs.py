@@ -11,7 +11,7 @@ FRAMES = [{"camera": f"cam{c}", "time": t} for c in range(3) for t in range(4)]
 
 
 def test_candidate_pairs_follow_the_schema():
-    cross_view, cross_pose = candidate_pairs(FRAMES, max_time_gap=1)
+    cross_view, cross_pose = candidate_pairs(FRAMES, time_gap=(1, 1))
     for i, j in cross_view:
         assert FRAMES[i]["time"] == FRAMES[j]["time"] and FRAMES[i]["camera"] != FRAMES[j]["camera"]
     for i, j in cross_pose:
@@ -22,17 +22,17 @@ def test_candidate_pairs_follow_the_schema():
 @pytest.mark.parametrize(("ratio", "expected"), [(1.0, {CROSS_VIEW}), (0.0, {CROSS_POSE})])
 def test_ratio_selects_pair_type(ratio, expected):
     rng = random.Random(0)
-    assert {choose_pair(FRAMES, rng, ratio, 3)[2] for _ in range(50)} == expected
+    assert {choose_pair(FRAMES, rng, ratio, (1, 3))[2] for _ in range(50)} == expected
 
 
 def test_mixed_ratio_and_fallback():
     rng = random.Random(0)
-    types = [choose_pair(FRAMES, rng, 0.3, 3)[2] for _ in range(2000)]
+    types = [choose_pair(FRAMES, rng, 0.3, (1, 3))[2] for _ in range(2000)]
     assert 0.25 < types.count(CROSS_VIEW) / len(types) < 0.35
     one_camera = [f for f in FRAMES if f["camera"] == "cam0"]
-    assert choose_pair(one_camera, rng, 1.0, 3)[2] == CROSS_POSE  # no second camera: falls back
+    assert choose_pair(one_camera, rng, 1.0, (1, 3))[2] == CROSS_POSE  # no second camera: falls back
     with pytest.raises(ValueError, match="no cross-view or cross-pose pair"):
-        choose_pair(one_camera[:1], rng, 0.5, 3)
+        choose_pair(one_camera[:1], rng, 0.5, (1, 3))
 
 
 def test_expand_shards_forms(pair_shards):
@@ -86,7 +86,7 @@ def test_person_mask_falls_back_to_bbox(pair_shards, tmp_path):
     x, y, w, h = (int(round(v)) for v in frame["bbox"])
     sample["group.json"] = json.dumps(group).encode()
     dm = PairDataModule("unused", image_size=64, augment=False)
-    _, person = dm._sampler(train=False).view(sample, frame)
+    _, person = dm._sampler(train=False).load(sample, frame)
     assert person[y:y + h, x:x + w].all() and person.sum() == pytest.approx(min(h, 64 - y) * min(w, 64 - x))
 
 
@@ -112,3 +112,25 @@ def test_pipe_urls_read_like_files(pair_shards):
     a, b = next(iter(direct.val_dataloader())), next(iter(piped.val_dataloader()))
     assert a["key"] == b["key"]
     torch.testing.assert_close(a["image1"], b["image1"])
+
+
+def test_time_gap_range_bounds_cross_pose_pairs():
+    _, cross_pose = candidate_pairs(FRAMES, time_gap=(2, 3))
+    gaps = {abs(FRAMES[i]["time"] - FRAMES[j]["time"]) for i, j in cross_pose}
+    assert gaps == {2, 3}
+
+
+@pytest.mark.parametrize("independent", [True, False])
+def test_shared_or_independent_augmentation(pair_shards, independent):
+    """With one shared draw, a cross-view pair of identical images stays identical; independent draws differ."""
+    import webdataset as wds
+
+    sample = next(iter(wds.WebDataset(expand_shards(str(pair_shards / "val")), shardshuffle=False)))
+    group = json.loads(sample["group.json"])
+    for frame in group["frames"]:  # make every frame the same picture
+        sample[frame["name"]] = sample[group["frames"][0]["name"]]
+    sample["group.json"] = json.dumps(group).encode()
+    dm = PairDataModule("unused", image_size=32, independent_augmentation=independent)
+    torch.manual_seed(0)
+    pair = dm._sampler(train=True)(sample)
+    assert torch.equal(pair["image1"], pair["image2"]) != independent
