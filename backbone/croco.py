@@ -105,9 +105,13 @@ class CroCoNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The units to compile, shard (FSDP) or checkpoint one at a time."""
+        return [*self.enc_blocks, *self.dec_blocks]
+
     def compile(self, **kwargs) -> None:
         """Compile each transformer block: the hot path, reached through ``encode``/``decode``, not ``forward``."""
-        for block in (*self.enc_blocks, *self.dec_blocks):
+        for block in self.transformer_blocks():
             block.compile(**kwargs)
 
     def no_weight_decay(self) -> set[str]:

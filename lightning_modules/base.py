@@ -10,6 +10,7 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.optim import param_groups_weight_decay
 from torch import nn
+from torch.distributed.fsdp import fully_shard
 
 from backbone.weights import load_croco
 from heads.base import Head
@@ -59,6 +60,18 @@ class CrocoTask(LightningModule):
             self.load_pretrained(pretrained)
         if compile:
             self.backbone.compile()
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2), shard each transformer block, then the rest.
+
+        One block per FSDP unit keeps only one block's full parameters in memory at a time.
+        """
+        if self.device_mesh is None:
+            return
+        mesh = self.device_mesh["data_parallel"]
+        for block in self.backbone.transformer_blocks():
+            fully_shard(block, mesh=mesh)
+        fully_shard(self, mesh=mesh)
 
     def load_pretrained(self, path: str) -> None:
         report = load_croco(path, self.backbone, self.head)

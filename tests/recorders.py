@@ -5,10 +5,12 @@ import os
 from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
+from torch.distributed.tensor import DTensor
 
 
 class BatchRecorder(Callback):
-    """Writes, per rank, the number of training batches per epoch and the keys seen in validation.
+    """Writes, per rank, the training batches per epoch, the keys seen in validation, and whether the
+    transformer blocks ended up sharded (FSDP2 parameters are DTensors).
 
     The output folder comes from ``CROCOMAN_RECORD_DIR`` so the callback needs no arguments.
     """
@@ -27,5 +29,6 @@ class BatchRecorder(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         out = Path(os.environ["CROCOMAN_RECORD_DIR"], f"rank{trainer.global_rank}.json")
+        sharded = all(isinstance(p, DTensor) for p in pl_module.backbone.transformer_blocks()[0].parameters())
         out.write_text(json.dumps({"train_batches": self.train_batches, "val_keys": self.val_keys,
-                                   "world_size": trainer.world_size}))
+                                   "world_size": trainer.world_size, "blocks_sharded": sharded}))

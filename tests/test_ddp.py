@@ -1,5 +1,5 @@
-"""Real two-process DDP (gloo on CPU) through the `crocoman` command and the DDP trainer snippet,
-as a cluster job runs it."""
+"""Real two-process DDP and FSDP2 (gloo on CPU) through the `crocoman` command and the trainer
+snippets, as a cluster job runs them."""
 
 import json
 import os
@@ -22,13 +22,14 @@ def ddp_shards(tmp_path_factory):
     return out
 
 
-def test_two_rank_ddp_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path):
+@pytest.mark.parametrize(("snippet", "sharded"), [("ddp.yaml", False), ("fsdp2.yaml", True)])
+def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path, snippet, sharded):
     env = {**os.environ, "CROCOMAN_RECORD_DIR": str(tmp_path), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
     command = [
         sys.executable, "-m", "tools.main", "fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL,
         f"--data.train_shards={ddp_shards / 'train'}", f"--data.val_shards={ddp_shards / 'val'}",
         "--data.image_size=64", "--data.batch_size=2", "--data.num_workers=2", "--data.epoch_pairs=16",
-        "--data.shuffle_buffer=4", "-c", str(REPO / "configs/trainer/ddp.yaml"), "--trainer.accelerator=cpu",
+        "--data.shuffle_buffer=4", "-c", str(REPO / "configs/trainer" / snippet), "--trainer.accelerator=cpu",
         "--trainer.devices=2", "--trainer.precision=32-true", "--trainer.max_steps=8",
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=logs",
         "--trainer.callbacks+=tests.recorders.BatchRecorder",
@@ -36,7 +37,7 @@ def test_two_rank_ddp_equal_batches_and_validation_sees_every_sample_once(ddp_sh
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert all(r["world_size"] == 2 for r in ranks)
+    assert all(r["world_size"] == 2 and r["blocks_sharded"] == sharded for r in ranks)
     # 16 pairs per epoch / (2 per batch x 2 ranks) = 4 full batches on every rank, 2 epochs
     assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == {"0": 4, "1": 4}
     seen = ranks[0]["val_keys"] + ranks[1]["val_keys"]
