@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
@@ -32,3 +33,14 @@ class BatchRecorder(Callback):
         sharded = all(isinstance(p, DTensor) for p in pl_module.backbone.transformer_blocks()[0].parameters())
         out.write_text(json.dumps({"train_batches": self.train_batches, "val_keys": self.val_keys,
                                    "world_size": trainer.world_size, "blocks_sharded": sharded}))
+
+
+class KillAtStep(Callback):
+    """SIGKILLs its own process after optimizer step ``step``: a node lost mid-epoch, no clean-up."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -74,6 +74,8 @@ class Rendering:
     rgb: torch.Tensor  # (H, W, 3) uint8
     mask: torch.Tensor  # (H, W) bool, the person
     part: torch.Tensor  # (H, W) uint8, 0 = background, k = primitive part k
+    depth_m: torch.Tensor  # (H, W) float32, camera z of the surface each pixel sees (body or not)
+    primitive: torch.Tensor  # (H, W) long, the body primitive hit (capsules first), -1 = background
 
 
 def _capsule_distances(origin: torch.Tensor, direction: torch.Tensor, capsules: Capsules) -> torch.Tensor:
@@ -182,11 +184,29 @@ def _first_body_hit(origin: torch.Tensor, direction: torch.Tensor, scene: Scene)
     return t, primitive
 
 
+def primitive_local_coords(point: torch.Tensor, primitive: torch.Tensor, scene: Scene) -> torch.Tensor:
+    """Coordinates (R, 3) of surface points in their primitive's own frame (R,) indices,
+    capsules first): from the capsule's start in its bone frame, from the ellipsoid's centre
+    along its semi-axes. Clothing patterns and DensePose U, V are both functions of these."""
+    capsules, ellipsoids = scene.capsules, scene.ellipsoids
+    num_capsules = len(capsules.part)
+    coords = torch.empty_like(point)
+    on_capsule = torch.nonzero(primitive < num_capsules).squeeze(1)
+    cap = primitive[on_capsule]
+    coords[on_capsule] = torch.einsum("ri,rij->rj", point[on_capsule] - capsules.start_m[cap], capsules.frame[cap])
+    on_ellipsoid = torch.nonzero(primitive >= num_capsules).squeeze(1)
+    ell = primitive[on_ellipsoid] - num_capsules
+    centred = point[on_ellipsoid] - ellipsoids.center_m[ell]
+    coords[on_ellipsoid] = torch.einsum("ri,rij->rj", centred, ellipsoids.rotation[ell])
+    return coords
+
+
 def _body_surface(point: torch.Tensor, primitive: torch.Tensor, scene: Scene) -> tuple[torch.Tensor, ...]:
     """Unit normals (R, 3), clothing colours (R, 3) and part ids (R,) of body hits."""
     capsules, ellipsoids = scene.capsules, scene.ellipsoids
     num_capsules = len(capsules.part)
-    normal, coords = torch.empty_like(point), torch.empty_like(point)
+    normal = torch.empty_like(point)
+    coords = primitive_local_coords(point, primitive, scene)
 
     on_capsule = torch.nonzero(primitive < num_capsules).squeeze(1)
     cap = primitive[on_capsule]
@@ -194,13 +214,11 @@ def _body_surface(point: torch.Tensor, primitive: torch.Tensor, scene: Scene) ->
     axis = capsules.end_m[cap] - capsules.start_m[cap]
     along = ((from_start * axis).sum(-1) / (axis * axis).sum(-1)).clamp(0, 1)
     normal[on_capsule] = from_start - along[:, None] * axis
-    coords[on_capsule] = torch.einsum("ri,rij->rj", from_start, capsules.frame[cap])
 
     on_ellipsoid = torch.nonzero(primitive >= num_capsules).squeeze(1)
     ell = primitive[on_ellipsoid] - num_capsules
-    local = torch.einsum("ri,rij->rj", point[on_ellipsoid] - ellipsoids.center_m[ell], ellipsoids.rotation[ell])
+    local = coords[on_ellipsoid]
     normal[on_ellipsoid] = torch.einsum("rij,rj->ri", ellipsoids.rotation[ell], local / ellipsoids.radii_m[ell] ** 2)
-    coords[on_ellipsoid] = local
 
     part = torch.cat([capsules.part, ellipsoids.part])[primitive]
     return torch.nn.functional.normalize(normal, dim=-1), scene.clothing.albedo(coords, part), part
@@ -216,6 +234,18 @@ def _backdrop_surface(point: torch.Tensor, scene: Scene) -> tuple[torch.Tensor, 
     arc_m = torch.atan2(point[:, 2], point[:, 0]) * scene.backdrop_radius_m
     coords = torch.stack([arc_m, point[:, 1], torch.zeros_like(arc_m)], dim=-1)
     return normal, scene.backdrop.albedo(coords)
+
+
+def segment_blocked(start_m: torch.Tensor, end_m: torch.Tensor, scene: Scene) -> torch.Tensor:
+    """Whether the body crosses each segment (N, 3) -> (N, 3), as bool (N,).
+
+    A ray leaving a primitive's inside meets that primitive only behind its origin, which the
+    hit test discards: a joint inside its own limb is not hidden by that limb, only by others.
+    """
+    offset = end_m - start_m
+    length_m = offset.norm(dim=-1)
+    t, _ = _first_body_hit(start_m, offset / length_m[:, None], scene)
+    return t < length_m
 
 
 def camera_rays(
@@ -268,4 +298,6 @@ def render(scene: Scene, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, imag
     shape = (image_size, image_size)
     rgb = (color.clamp(0, 1) * 255).round().to(torch.uint8).reshape(*shape, 3)
     part = part.to(torch.uint8).reshape(shape)
-    return Rendering(rgb=rgb, mask=part > 0, part=part)
+    depth_m = (t_hit * (direction @ R[2])).reshape(shape)
+    hit_primitive = torch.full((len(point),), -1, dtype=torch.long).index_copy_(0, body, primitive[body])
+    return Rendering(rgb=rgb, mask=part > 0, part=part, depth_m=depth_m, primitive=hit_primitive.reshape(shape))

@@ -4,6 +4,10 @@ The joint names and parent tree are SMPL's, so joints written by the synthetic w
 real SMPL labels. The rest pose is not SMPL's T-pose but an A-pose with the arms hanging: our
 motion then stays in moderate angles where summing per-axis angles into one axis-angle vector
 still gives the intended movement. Body frame: x to the person's left, y up, z forward, metres.
+
+Shapes map to SMPL-style `betas`: coordinates in which every rest joint and every point of the
+body's primitives moves linearly, so a generated body-model file (`bodymodel.py`) reproduces any
+synthetic person exactly through smplx's linear shape blend.
 """
 
 from dataclasses import dataclass
@@ -73,6 +77,18 @@ def _limit_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 JOINT_LOW_RAD, JOINT_HIGH_RAD = _limit_tensors()
 
 
+NUM_BETAS = 10  # shape coefficients in our body-model files, as in SMPL's common 10-beta setting
+BETA_STEP = 0.1  # one unit of a beta is 10 % of the reference size along that feature
+
+
+def padded_betas(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`NUM_BETAS` coefficients (zero for the reference shape) from shape features that the
+    geometry is linear in; unused trailing coefficients stay zero."""
+    betas = torch.zeros(NUM_BETAS)
+    betas[: len(features)] = (features - reference) / BETA_STEP
+    return betas
+
+
 @dataclass(frozen=True)
 class BodyShape:
     """A few proportions that make people look different without a learned shape space."""
@@ -90,6 +106,17 @@ class BodyShape:
             arm_scale=float(rng.uniform(0.92, 1.08)),
             girth=float(rng.uniform(0.8, 1.35)),
         )
+
+    def betas(self) -> torch.Tensor:
+        """(NUM_BETAS,): height, then leg length, arm length, shoulder/hip width and girth, each
+        multiplied by the height scale. Joint offsets scale as height x (1, leg, arm, sqrt(girth))
+        and radii as height x (1, girth), so these products are exactly the coordinates the rest
+        body is linear in; zero is the 1.72 m reference adult."""
+        h = self.height_scale
+        features = torch.tensor(
+            [h, h * (self.leg_scale - 1), h * (self.arm_scale - 1), h * (self.girth**0.5 - 1), h * (self.girth - 1)]
+        )
+        return padded_betas(features, torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0]))
 
 
 def rest_offsets(shape: BodyShape) -> torch.Tensor:
@@ -109,20 +136,80 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_exp(skew.reshape(*axis_angle.shape[:-1], 3, 3))
 
 
-def forward_kinematics(axis_angle: torch.Tensor, offsets_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joint positions (..., 24, 3) and global rotations (..., 24, 3, 3), pelvis at the origin.
+def matrix_to_axis_angle(matrix: torch.Tensor) -> torch.Tensor:
+    """Axis-angle vectors (..., 3) of rotation matrices (..., 3, 3), angles in [0, pi].
 
-    `axis_angle` (..., 24, 3) holds parent-relative rotations, the pelvis one being the global
-    orientation; `offsets_m` (24, 3) comes from `rest_offsets`.
+    Through the unit quaternion, taken from whichever of w, x, y, z is largest (Shepperd), so it
+    stays accurate near 0 and near pi where the trace formula loses all precision.
+    """
+    m = matrix
+    trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    d0, d1, d2, d3 = 1 + trace, *(1 + 2 * m[..., k, k] - trace for k in range(3))  # 4 q_k^2
+    wx, wy, wz = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
+    xy, xz, yz = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
+    outer = torch.stack(  # 4 q q^T, q = (w, x, y, z): each row is q scaled by 4 q_k
+        [
+            torch.stack([d0, wx, wy, wz], -1),
+            torch.stack([wx, d1, xy, xz], -1),
+            torch.stack([wy, xy, d2, yz], -1),
+            torch.stack([wz, xz, yz, d3], -1),
+        ],
+        dim=-2,
+    )
+    best = torch.stack([d0, d1, d2, d3], -1).argmax(-1)
+    row = torch.take_along_dim(outer, best[..., None, None].expand(*best.shape, 1, 4), dim=-2)[..., 0, :]
+    quaternion = torch.nn.functional.normalize(row, dim=-1)
+    quaternion = quaternion * torch.where(quaternion[..., :1] < 0, -1.0, 1.0)  # w >= 0: angle <= pi
+    sin_half = quaternion[..., 1:].norm(dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(sin_half, quaternion[..., :1])
+    # angle / sin(angle / 2) -> 2 as the angle -> 0
+    scale = torch.where(sin_half > 1e-7, angle / sin_half.clamp_min(1e-7), 2.0)
+    return quaternion[..., 1:] * scale
+
+
+def forward_kinematics(
+    axis_angle: torch.Tensor, offsets_m: torch.Tensor, parents: tuple[int, ...] = PARENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint positions (..., J, 3) and global rotations (..., J, 3, 3), root at the origin.
+
+    `axis_angle` (..., J, 3) holds parent-relative rotations, the root one being the global
+    orientation; `offsets_m` (J, 3) comes from `rest_offsets` (or the hand's); `parents` lists
+    each joint's parent, parents before children.
     """
     local = axis_angle_to_matrix(axis_angle)
     rotations = [local[..., 0, :, :]]
     positions = [torch.zeros_like(axis_angle[..., 0, :])]
-    for joint in range(1, len(PARENTS)):
-        parent = PARENTS[joint]
+    for joint in range(1, len(parents)):
+        parent = parents[joint]
         rotations.append(rotations[parent] @ local[..., joint, :, :])
         positions.append(positions[parent] + rotations[parent] @ offsets_m[joint])
     return torch.stack(positions, dim=-2), torch.stack(rotations, dim=-3)
+
+
+@dataclass(frozen=True)
+class BodyModelParameters:
+    """What `smplx` needs to pose a generated model file onto a rendered frame, in the camera
+    frame: `model(betas=..., global_orient=..., body_pose=... (or hand_pose=...), transl=...)`.
+    The model's rest root sits at the origin, so `transl` is the root joint in camera space."""
+
+    global_orient: torch.Tensor  # (3,) axis-angle, body (or hand) to camera
+    pose: torch.Tensor  # (3 * (J - 1),) parent-relative axis-angle of the other joints
+    betas: torch.Tensor  # (NUM_BETAS,)
+    transl: torch.Tensor  # (3,) metres
+
+
+def camera_parameters(
+    pose: torch.Tensor, root_rotation: torch.Tensor, root_m: torch.Tensor, betas: torch.Tensor,
+    R: torch.Tensor, t: torch.Tensor,
+) -> BodyModelParameters:  # fmt: skip
+    """Parameters of a world-posed skeleton (`pose` (J, 3), global root rotation and position)
+    seen by a camera x_cam = R x_world + t."""
+    return BodyModelParameters(
+        global_orient=matrix_to_axis_angle(R @ root_rotation),
+        pose=pose[1:].reshape(-1).clone(),
+        betas=betas,
+        transl=R @ root_m + t,
+    )
 
 
 @dataclass(frozen=True)

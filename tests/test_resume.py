@@ -1,0 +1,81 @@
+"""A killed run continues with `--ckpt_path last`, and a crash during a save never corrupts it."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec.implementations.local
+import pytest
+import torch
+import yaml
+from lightning.fabric.utilities.cloud_io import _atomic_save
+
+from tests.conftest import REPO
+from tests.test_cli import TINY_MODEL, data_args
+
+
+def write_config(path: Path, kill_at: int | None) -> Path:
+    """The demo config with a last.ckpt every 5 steps, a CSV logger and, optionally, a SIGKILL."""
+    config = yaml.safe_load((REPO / "configs/pretrain/cpu_demo.yaml").read_text())
+    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}
+    config["trainer"]["callbacks"] = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": "checkpoints", "every_n_train_steps": 5, "save_top_k": 0, "save_last": True}},
+        {"class_path": "lightning_modules.callbacks.RunSummary"},
+    ] + ([{"class_path": "tests.recorders.KillAtStep", "init_args": {"step": kill_at}}] if kill_at else [])
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def logged_losses(root: Path, version: int) -> dict[int, float]:
+    """Training loss by step as one run (one CSV logger version) wrote it."""
+    with open(root / f"logs/lightning_logs/version_{version}/metrics.csv") as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")}
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(pair_shards, tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    common = [*TINY_MODEL, *data_args(pair_shards, 64, 4), "--data.epoch_pairs=400",
+              "--model.init_args.lr_reference_batch=4", "--trainer.log_every_n_steps=1", "--trainer.max_steps=20"]
+
+    def run(config: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tools.main", "fit", "-c", str(config), *common, *extra],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+    killed = run(write_config(root / "killed.yaml", kill_at=12))
+    resumed = run(write_config(root / "resume.yaml", kill_at=None), "--ckpt_path=last")
+    return root, killed, resumed
+
+
+def test_killed_run_resumes_from_last_checkpoint(killed_then_resumed):
+    root, killed, resumed = killed_then_resumed
+    assert killed.returncode == -signal.SIGKILL
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "crocoman: finished 20 steps" in resumed.stdout
+    before, after = logged_losses(root, 0), logged_losses(root, 1)
+    assert min(after) == 10 and max(after) == 19  # continued from the step-10 checkpoint, not from 0
+    assert torch.load(root / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 20
+    start = sum(before[s] for s in range(3)) / 3
+    at_resume = sum(after[s] for s in range(10, 13)) / 3
+    assert at_resume < start  # the loss curve continues; it does not jump back to its start
+
+
+def test_crash_during_save_keeps_previous_checkpoint(killed_then_resumed, monkeypatch):
+    root = killed_then_resumed[0]
+    last = root / "checkpoints/last.ckpt"
+    before = last.read_bytes()
+
+    def write_half_then_die(self, data):
+        self.f.write(data[: len(data) // 2])
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileOpener, "write", write_half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _atomic_save({"state_dict": {"w": torch.zeros(1000)}, "global_step": 99}, last)
+    assert last.read_bytes() == before
+    assert torch.load(last, weights_only=True)["global_step"] == 20
