@@ -44,7 +44,7 @@ class RunSummary(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 mode = "offline" if logger._offline else "online"
-                lines.append(f"  W&B run ({mode}): {logger.experiment.dir}")
+                lines.append(f"  W&B run ({mode}): {Path(logger.experiment.dir).parent}")
         pictures = picture_dir(trainer)
         if pictures.exists():
             lines.append(f"  pictures: {pictures} ({len(list(pictures.glob('*.png')))} PNG)")

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,19 +23,22 @@ def ddp_shards(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize(("snippet", "sharded"), [("ddp.yaml", False), ("fsdp2.yaml", True)])
-def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path, snippet, sharded):
-    env = {**os.environ, "CROCOMAN_RECORD_DIR": str(tmp_path), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+def run_two_ranks(shards: Path, snippet: str, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "tools.main", "fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL,
-        f"--data.train_shards={ddp_shards / 'train'}", f"--data.val_shards={ddp_shards / 'val'}",
+        f"--data.train_shards={shards / 'train'}", f"--data.val_shards={shards / 'val'}",
         "--data.image_size=64", "--data.batch_size=2", "--data.num_workers=2", "--data.epoch_pairs=16",
         "--data.shuffle_buffer=4", "-c", str(REPO / "configs/trainer" / snippet), "--trainer.accelerator=cpu",
         "--trainer.devices=2", "--trainer.precision=32-true", "--trainer.max_steps=8",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=logs",
-        "--trainer.callbacks+=tests.recorders.BatchRecorder",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=logs", *extra,
     ]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "CROCOMAN_RECORD_DIR": str(workdir), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(("snippet", "sharded"), [("ddp.yaml", False), ("fsdp2.yaml", True)])
+def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path, snippet, sharded):
+    result = run_two_ranks(ddp_shards, snippet, tmp_path, "--trainer.callbacks+=tests.recorders.BatchRecorder")
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world_size"] == 2 and r["blocks_sharded"] == sharded for r in ranks)
@@ -43,3 +47,10 @@ def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shard
     seen = ranks[0]["val_keys"] + ranks[1]["val_keys"]
     assert len(seen) == 2 * 16 and set(ranks[0]["val_keys"]).isdisjoint(ranks[1]["val_keys"])
     assert len(set(seen)) == 16  # each validation pass (one per epoch) saw every group exactly once
+
+
+def test_a_failing_rank_brings_the_job_down_with_its_error(ddp_shards, tmp_path):
+    result = run_two_ranks(ddp_shards, "ddp.yaml", tmp_path, "--trainer.callbacks+=tests.recorders.FailOnRank",
+                           "--trainer.callbacks.rank=1", "--trainer.callbacks.step=3")
+    assert result.returncode != 0
+    assert "injected failure on rank 1 at step 3" in result.stderr

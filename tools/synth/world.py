@@ -12,7 +12,15 @@ import numpy as np
 import torch
 
 from tools.synth.render import Capsules, Checker, Ellipsoids, Rendering, Scene, render
-from tools.synth.skeleton import JOINT_INDEX, BodyShape, Motion, forward_kinematics, rest_offsets
+from tools.synth.skeleton import (
+    JOINT_INDEX,
+    BodyModelParameters,
+    BodyShape,
+    Motion,
+    camera_parameters,
+    forward_kinematics,
+    rest_offsets,
+)
 
 PART_NAMES = (
     "pelvis", "abdomen", "chest", "neck", "head", "hair",
@@ -40,6 +48,10 @@ _ELLIPSOIDS = (
     ("hair", "head", (0.0, 0.1, -0.015), (0.083, 0.09, 0.095)),
 )
 _TORSO = ("pelvis", "abdomen", "chest")
+# The joint each primitive rides rigidly with (capsules first, as the renderer numbers them): a
+# body-model file skins each primitive's vertices to this joint alone.
+PRIMITIVE_JOINTS = tuple(JOINT_INDEX[c[1]] for c in _CAPSULES) + tuple(JOINT_INDEX[e[1]] for e in _ELLIPSOIDS)
+PRIMITIVE_PARTS = tuple(c[0] for c in _CAPSULES) + tuple(e[0] for e in _ELLIPSOIDS)  # names from PART_NAMES
 _FOOT_RADIUS_M = 0.042
 _GROUND_JOINTS = [JOINT_INDEX[name] for name in ("left_ankle", "right_ankle", "left_foot", "right_foot")]
 _SKIN_TONES = (
@@ -71,6 +83,8 @@ class Frame:
     joints_3d_m: torch.Tensor  # (24, 3) camera coordinates
     bbox_px: tuple[int, int, int, int]  # x, y, w, h of the person mask
     rendering: Rendering
+    body: BodyModelParameters  # camera frame: poses a generated model file onto this frame
+    scene: Scene  # what was rendered, for ray queries (occlusion) and surface coordinates
 
 
 @dataclass(frozen=True)
@@ -128,11 +142,12 @@ def sample_person(rng: np.random.Generator, subject: str, times: int) -> Person:
     return Person(subject, BodyShape.sample(rng), Motion.sample(rng, times), sample_clothing(rng))
 
 
-def posed_joints(person: Person, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """World joints (T, 24, 3) and rotations (T, 24, 3, 3), the lowest foot resting on the floor."""
-    joints, rotations = forward_kinematics(person.motion.pose(times), rest_offsets(person.shape))
+def posed_joints(shape: BodyShape, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World joints (T, 24, 3) and rotations (T, 24, 3, 3) of axis-angle poses (T, 24, 3), the
+    lowest foot resting on the floor."""
+    joints, rotations = forward_kinematics(pose, rest_offsets(shape))
     ground_m = joints[:, _GROUND_JOINTS, 1].amin(dim=1)
-    lift_m = _FOOT_RADIUS_M * person.shape.height_scale - ground_m
+    lift_m = _FOOT_RADIUS_M * shape.height_scale - ground_m
     return joints + torch.stack([torch.zeros_like(lift_m), lift_m, torch.zeros_like(lift_m)], -1)[:, None], rotations
 
 
@@ -257,7 +272,9 @@ def render_group(seed: int, index: int, image_size: int, cameras: int, times: in
     rng = group_rng(seed, index)
     person = sample_person(rng, subject=f"synth-{seed}-{index:07d}", times=times)
     environment = sample_environment(rng)
-    joints_m, rotations = posed_joints(person, torch.arange(times))
+    pose = person.motion.pose(torch.arange(times))
+    joints_m, rotations = posed_joints(person.shape, pose)
+    betas = person.shape.betas()
     rig = sample_cameras(rng, joints_m[:, 0].mean(0), cameras)
     frames = []
     for time in range(times):
@@ -281,6 +298,8 @@ def render_group(seed: int, index: int, image_size: int, cameras: int, times: in
                     joints_3d_m=joints_cam_m,
                     bbox_px=mask_bbox(rendering.mask),
                     rendering=rendering,
+                    body=camera_parameters(pose[time], rotations[time, 0], joints_m[time, 0], betas, R, t),
+                    scene=scene,
                 )
             )
     return Group(subject=person.subject, frames=frames)
