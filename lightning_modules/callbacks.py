@@ -1,7 +1,10 @@
-"""Callbacks that tell the person at the terminal what their run did."""
+"""Callbacks: what a run tells the person at the terminal, and how it guards itself."""
 
+import logging
 from pathlib import Path
+from typing import Literal
 
+import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
@@ -9,6 +12,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.health import SKIP_KINDS
 from lightning_modules.visualize import picture_dir
+
+log = logging.getLogger(__name__)
 
 
 class RunSummary(Callback):
@@ -74,3 +79,41 @@ class SkippedSamples(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self._log(trainer, pl_module)
+
+
+class NonFiniteGuard(Callback):
+    """What to do when training diverges to NaN/Inf.
+
+    ``action="stop"`` (default) checks the logged loss at logging steps only, so it adds no per-step
+    synchronisation, and stops with a message saying what usually helps. ``action="skip"`` checks
+    the gradients after every backward (one host-device sync per step) and drops the update when
+    any is non-finite; gradients are already all-reduced under DDP, so every rank skips together.
+    """
+
+    def __init__(self, action: Literal["stop", "skip"] = "stop", monitor: str = "loss") -> None:
+        self.action = action
+        self.monitor = monitor
+        self.skipped_steps = 0
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.action != "stop" or trainer.global_step % trainer.log_every_n_steps:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and not torch.isfinite(value):
+            raise RuntimeError(
+                f"{self.monitor} became {value.item()} at step {trainer.global_step}. Usual fixes: a lower lr or more "
+                f"warmup_steps, gradient_clip_val, bf16-mixed instead of 16-mixed; or run with "
+                f"NonFiniteGuard(action='skip') to drop such steps. Resume with --ckpt_path last.")
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        if self.action != "skip":
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not torch.stack(torch._foreach_norm(grads)).isfinite().all():
+            for group in optimizer.param_groups:  # AdamW leaves parameters without a gradient untouched
+                for p in group["params"]:
+                    p.grad = None
+            self.skipped_steps += 1
+            log.warning("non-finite gradients at step %d: update skipped (%d so far)", trainer.global_step,
+                        self.skipped_steps)
+        pl_module.log("train/skipped_steps", float(self.skipped_steps), on_step=True)

@@ -8,10 +8,10 @@ from heads import CompletionHead
 from lightning_modules import PretrainModule
 
 
-def tiny_module(**kwargs) -> PretrainModule:
+def tiny_module(cls: type[PretrainModule] = PretrainModule, **kwargs) -> PretrainModule:
     backbone = CroCoNet(img_size=32, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
                         decoder_num_heads=2)
-    return PretrainModule(backbone, CompletionHead(), **kwargs)
+    return cls(backbone, CompletionHead(), **kwargs)
 
 
 def test_pretrained_croco_file_initialises_backbone_and_head(tmp_path):

@@ -122,8 +122,9 @@ def _ellipsoid_distances(origin: torch.Tensor, direction: torch.Tensor, ellipsoi
     test in the ellipsoid's scaled local frame."""
     to_local = (ellipsoids.rotation / ellipsoids.radii_m[:, None, :]).permute(1, 0, 2).reshape(3, -1)  # (3, N*3)
     centre_local = torch.einsum("ni,nij->nj", ellipsoids.center_m, ellipsoids.rotation) / ellipsoids.radii_m
-    local_origin = (origin @ to_local).reshape(len(origin), -1, 3) - centre_local  # rows as in `origin`
-    local_direction = (direction @ to_local).reshape(len(direction), -1, 3)
+    count = len(ellipsoids.part)  # explicit: a batch of zero rays cannot infer it
+    local_origin = (origin @ to_local).reshape(len(origin), count, 3) - centre_local  # rows as in `origin`
+    local_direction = (direction @ to_local).reshape(len(direction), count, 3)
     a = (local_direction * local_direction).sum(-1)
     b = (local_origin * local_direction).sum(-1)
     c = (local_origin * local_origin).sum(-1) - 1

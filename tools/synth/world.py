@@ -79,8 +79,8 @@ class Frame:
     K: torch.Tensor  # (3, 3) of the crop
     R: torch.Tensor  # (3, 3) world -> camera
     t: torch.Tensor  # (3,)
-    joints_2d_px: torch.Tensor  # (24, 2) crop pixels
-    joints_3d_m: torch.Tensor  # (24, 3) camera coordinates
+    joints_2d_px: torch.Tensor  # (J, 2) crop pixels: the 24 body joints (or a hand's keypoints)
+    joints_3d_m: torch.Tensor  # (J, 3) camera coordinates
     bbox_px: tuple[int, int, int, int]  # x, y, w, h of the person mask
     rendering: Rendering
     body: BodyModelParameters  # camera frame: poses a generated model file onto this frame
@@ -135,6 +135,17 @@ def sample_clothing(rng: np.random.Generator) -> Checker:
         color_b=torch.tensor([material[m][1] for m in parts], dtype=torch.float32),
         axes=torch.tensor([material[m][2] for m in parts]),
         period_m=torch.tensor([shirt_period_m] * len(parts), dtype=torch.float32),
+    )
+
+
+def skin_clothing(rng: np.random.Generator, parts: int) -> Checker:
+    """One plain skin tone on every part (1..`parts`): a bare hand."""
+    skin = torch.tensor(_jitter(rng, _SKIN_TONES), dtype=torch.float32).expand(parts + 1, 3)
+    return Checker(
+        color_a=skin,
+        color_b=skin,
+        axes=torch.zeros(parts + 1, 3, dtype=torch.bool),
+        period_m=torch.ones(parts + 1),
     )
 
 

@@ -1,0 +1,233 @@
+"""A 16-joint right hand in MANO's joint order, its shape, named gestures and a renderer for it.
+
+Joints and parents are MANO's (wrist, then index, middle, pinky, ring, thumb, three joints each),
+so a generated MANO file (`bodymodel.py`) poses exactly like this hand; five fingertips follow as
+leaf nodes, giving the usual 21 hand keypoints. Hand frame: x along the fingers, y out of the back
+of the hand (the palm faces -y), z towards the little finger, metres; the rest pose is flat.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tools.synth.render import Capsules, Ellipsoids, Scene, render
+from tools.synth.skeleton import camera_parameters, forward_kinematics, padded_betas
+from tools.synth.world import (
+    Frame,
+    crop_intrinsics,
+    group_rng,
+    look_at,
+    mask_bbox,
+    sample_environment,
+    skin_clothing,
+)
+
+HAND_JOINT_NAMES = (
+    "wrist", "index1", "index2", "index3", "middle1", "middle2", "middle3", "pinky1", "pinky2", "pinky3",
+    "ring1", "ring2", "ring3", "thumb1", "thumb2", "thumb3",
+)  # fmt: skip
+TIP_NAMES = ("thumb_tip", "index_tip", "middle_tip", "ring_tip", "pinky_tip")  # smplx's fingertip order
+HAND_KEYPOINT_NAMES = HAND_JOINT_NAMES + TIP_NAMES
+HAND_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14, 15, 3, 6, 12, 9)  # keypoints, tips last
+NUM_HAND_JOINTS = len(HAND_JOINT_NAMES)
+_INDEX = {name: index for index, name in enumerate(HAND_KEYPOINT_NAMES)}
+
+# Offset of each keypoint from its parent in the flat rest pose of an adult right hand.
+_REST_OFFSETS_M = torch.tensor([
+    [0.0, 0.0, 0.0],                                                    # wrist (root)
+    [0.088, 0.0, -0.022], [0.040, 0.0, -0.002], [0.024, 0.0, -0.001],   # index
+    [0.090, 0.0, -0.003], [0.044, 0.0, 0.0], [0.027, 0.0, 0.0],         # middle
+    [0.077, 0.0, 0.033], [0.032, 0.0, 0.004], [0.019, 0.0, 0.002],     # pinky
+    [0.085, 0.0, 0.016], [0.041, 0.0, 0.002], [0.026, 0.0, 0.001],     # ring
+    [0.022, -0.012, -0.022], [0.034, -0.006, -0.026], [0.030, 0.0, -0.014],  # thumb
+    [0.025, 0.0, -0.008], [0.021, 0.0, 0.0], [0.022, 0.0, 0.0], [0.021, 0.0, 0.0], [0.018, 0.0, 0.0],  # tips
+])  # fmt: skip
+# Keypoints whose offset is a finger segment (lengths scale with finger_scale); the others hang
+# off the wrist and span the palm.
+_FINGER_SEGMENTS = [index for index, parent in enumerate(HAND_PARENTS) if parent > 0]
+_FINGER_RADIUS_M = {"index": 0.0085, "middle": 0.0088, "ring": 0.0082, "pinky": 0.0072, "thumb": 0.011}
+_TAPER = (1.0, 0.92, 0.85)  # radius factor of the proximal, middle and distal segment
+_CHILD = {parent: child for child, parent in enumerate(HAND_PARENTS) if parent > 0}
+# Palm: an ellipsoid riding the wrist, centre and semi-axes (its thickness, y, grows with girth).
+_PALM_CENTRE_M, _PALM_RADII_M = (0.048, -0.002, 0.006), (0.052, 0.016, 0.044)
+# The joint each primitive rides: 15 finger-segment capsules (joint -> child), then the palm.
+HAND_PRIMITIVE_JOINTS = tuple(range(1, NUM_HAND_JOINTS)) + (0,)
+
+
+@dataclass(frozen=True)
+class HandShape:
+    """Hand size, finger length and girth: enough to make hands differ."""
+
+    scale: float
+    finger_scale: float
+    girth: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> "HandShape":
+        return cls(
+            scale=float(rng.uniform(0.85, 1.15)),
+            finger_scale=float(rng.uniform(0.9, 1.1)),
+            girth=float(rng.uniform(0.85, 1.2)),
+        )
+
+    def betas(self) -> torch.Tensor:
+        """(NUM_BETAS,): size, then finger length and girth times size, the coordinates the rest
+        hand is linear in (offsets scale as size x (1, finger), radii as size x (1, girth))."""
+        s = self.scale
+        features = torch.tensor([s, s * (self.finger_scale - 1), s * (self.girth - 1)])
+        return padded_betas(features, torch.tensor([1.0, 0.0, 0.0]))
+
+
+def hand_rest_offsets(shape: HandShape) -> torch.Tensor:
+    """Parent-relative keypoint offsets (21, 3) in metres for this hand shape."""
+    offsets = _REST_OFFSETS_M.clone()
+    offsets[_FINGER_SEGMENTS] *= shape.finger_scale
+    return offsets * shape.scale
+
+
+def hand_primitives(shape: HandShape, keypoints_m: torch.Tensor, rotations: torch.Tensor) -> tuple[Capsules, Ellipsoids]:
+    """A capsule per finger segment and an ellipsoid palm, for one posed hand (21, 3); every
+    primitive has its own part id (1..16, joint + 1) so parts stay tellable apart."""
+    start = list(HAND_PRIMITIVE_JOINTS[:-1])
+    radius = [
+        _FINGER_RADIUS_M[HAND_JOINT_NAMES[joint][:-1]] * _TAPER[(joint - 1) % 3] for joint in start
+    ]
+    capsules = Capsules(
+        start_m=keypoints_m[start],
+        end_m=keypoints_m[[_CHILD[joint] for joint in start]],
+        radius_m=torch.tensor(radius) * shape.girth * shape.scale,
+        frame=rotations[start],
+        part=torch.tensor(start) + 1,
+    )
+    radii = torch.tensor(_PALM_RADII_M) * torch.tensor([1.0, shape.girth, 1.0]) * shape.scale
+    ellipsoids = Ellipsoids(
+        center_m=keypoints_m[:1] + rotations[0] @ torch.tensor(_PALM_CENTRE_M) * shape.scale,
+        rotation=rotations[:1],
+        radii_m=radii[None],
+        part=torch.tensor([1]),
+    )
+    return capsules, ellipsoids
+
+
+@dataclass(frozen=True)
+class Gesture:
+    """Finger curls in [0, 1] (0 straight, 1 fully bent), how far the fingers fan out, and the
+    thumb: its curl and its opposition (swinging under the palm)."""
+
+    name: str
+    index: float
+    middle: float
+    ring: float
+    pinky: float
+    spread: float
+    thumb_curl: float
+    thumb_opposition: float
+
+
+GESTURES = (
+    Gesture("fist", 1.0, 1.0, 1.0, 1.0, spread=0.0, thumb_curl=0.8, thumb_opposition=0.7),
+    Gesture("open_palm", 0.0, 0.0, 0.0, 0.0, spread=1.0, thumb_curl=0.0, thumb_opposition=0.0),
+    Gesture("point", 0.0, 1.0, 1.0, 1.0, spread=0.2, thumb_curl=0.8, thumb_opposition=0.7),
+    Gesture("peace", 0.0, 0.0, 1.0, 1.0, spread=1.0, thumb_curl=0.8, thumb_opposition=0.7),
+    Gesture("thumbs_up", 1.0, 1.0, 1.0, 1.0, spread=0.0, thumb_curl=0.0, thumb_opposition=0.0),
+    Gesture("ok", 0.6, 0.0, 0.0, 0.0, spread=0.4, thumb_curl=0.4, thumb_opposition=0.6),
+    Gesture("call", 1.0, 1.0, 1.0, 0.0, spread=0.6, thumb_curl=0.0, thumb_opposition=0.0),
+    Gesture("rock", 0.0, 1.0, 1.0, 0.0, spread=0.5, thumb_curl=0.8, thumb_opposition=0.7),
+)
+GESTURE_NAMES = tuple(gesture.name for gesture in GESTURES)
+
+# Bending angles (radians) of a fully curled finger at its three joints, and how far each finger
+# fans out at full spread (positive towards the thumb).
+_CURL_RAD = (1.45, 1.7, 1.1)
+_SPREAD_RAD = {"index": 0.18, "middle": 0.02, "ring": -0.12, "pinky": -0.25}
+_FLEX_AXIS = torch.tensor([0.0, 0.0, -1.0])  # bends a finger pointing along x towards the palm (-y)
+_THUMB_DIRECTION = torch.nn.functional.normalize(_REST_OFFSETS_M[_INDEX["thumb2"]], dim=0)
+_THUMB_FLEX_AXIS = torch.nn.functional.normalize(torch.linalg.cross(_THUMB_DIRECTION, torch.tensor([0.0, 1.0, 0.0])), dim=0)
+_CURL_NOISE, _ANGLE_NOISE_RAD = 0.07, 0.04
+
+
+def gesture_pose(gesture: Gesture, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """Parent-relative axis-angle pose (16, 3) of the fingers, wrist rotation zero; with `rng`,
+    curls and every angle are jittered so no two samples of a gesture are alike."""
+    def jitter(value: float) -> float:
+        return float(np.clip(value + rng.normal(0, _CURL_NOISE), 0, 1)) if rng is not None else value
+
+    pose = torch.zeros(NUM_HAND_JOINTS, 3)
+    spread = jitter(gesture.spread)
+    for finger in ("index", "middle", "ring", "pinky"):
+        curl = jitter(getattr(gesture, finger))
+        for segment in range(3):
+            pose[_INDEX[f"{finger}{segment + 1}"]] = _FLEX_AXIS * _CURL_RAD[segment] * curl
+        pose[_INDEX[f"{finger}1"], 1] = _SPREAD_RAD[finger] * spread
+    opposition, thumb_curl = jitter(gesture.thumb_opposition), jitter(gesture.thumb_curl)
+    pose[_INDEX["thumb1"]] = torch.tensor([-0.5, -0.9, 0.0]) * opposition
+    pose[_INDEX["thumb2"]] = _THUMB_FLEX_AXIS * 1.1 * thumb_curl
+    pose[_INDEX["thumb3"]] = _THUMB_FLEX_AXIS * 1.1 * thumb_curl
+    if rng is not None:
+        pose[1:] += torch.tensor(rng.normal(0, _ANGLE_NOISE_RAD, size=(NUM_HAND_JOINTS - 1, 3)), dtype=torch.float32)
+    return pose
+
+
+def random_orientation(rng: np.random.Generator) -> torch.Tensor:
+    """Axis-angle (3,) of a uniformly distributed rotation: a normalised Gaussian quaternion."""
+    quaternion = rng.normal(size=4)
+    quaternion *= np.sign(quaternion[0]) / np.linalg.norm(quaternion)  # w >= 0: angle <= pi
+    sin_half = np.linalg.norm(quaternion[1:])
+    return torch.tensor(quaternion[1:] * 2 * np.arctan2(sin_half, quaternion[0]) / sin_half, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class HandSample:
+    subject: str
+    gesture: int  # index into GESTURES
+    frame: Frame  # keypoints are the 21 of HAND_KEYPOINT_NAMES; `body.pose` is MANO's hand_pose
+
+
+_WRIST_WORLD_M = (0.0, 1.3, 0.0)  # hands float at chest height, clear of floor and backdrop
+
+
+def render_hand(seed: int, index: int, image_size: int) -> HandSample:
+    """Render hand sample `index`: a random hand in gesture `index mod len(GESTURES)` (so classes
+    stay balanced), randomly oriented, seen from 35-60 cm, cropped around it."""
+    rng = group_rng(seed, index)
+    shape = HandShape.sample(rng)
+    gesture = index % len(GESTURES)
+    pose = gesture_pose(GESTURES[gesture], rng)
+    pose[0] = random_orientation(rng)
+    keypoints_m, rotations = forward_kinematics(
+        torch.cat([pose, torch.zeros(len(TIP_NAMES), 3)]), hand_rest_offsets(shape), HAND_PARENTS
+    )
+    keypoints_m = keypoints_m + torch.tensor(_WRIST_WORLD_M)
+    capsules, ellipsoids = hand_primitives(shape, keypoints_m, rotations)
+    scene = Scene(
+        capsules=capsules, ellipsoids=ellipsoids, clothing=skin_clothing(rng, NUM_HAND_JOINTS), **sample_environment(rng)
+    )
+    target_m = ellipsoids.center_m[0]
+    azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(-0.3, 1.0)
+    distance_m = rng.uniform(0.35, 0.6)
+    direction = torch.tensor(
+        [np.cos(elevation) * np.sin(azimuth), np.sin(elevation), np.cos(elevation) * np.cos(azimuth)],
+        dtype=torch.float32,
+    )
+    R, t = look_at(target_m + distance_m * direction, target_m, roll_rad=rng.uniform(-0.3, 0.3))
+    points_m = torch.cat([capsules.start_m, capsules.end_m, ellipsoids.center_m])
+    radii_m = torch.cat([capsules.radius_m, capsules.radius_m, ellipsoids.radii_m.amax(1)])
+    K = crop_intrinsics(points_m @ R.T + t, radii_m, image_size, rng)
+    rendering = render(scene, K, R, t, image_size)
+    keypoints_cam_m = keypoints_m @ R.T + t
+    projected = keypoints_cam_m @ K.T
+    frame = Frame(
+        camera=0,
+        time=0,
+        K=K,
+        R=R,
+        t=t,
+        joints_2d_px=projected[:, :2] / projected[:, 2:],
+        joints_3d_m=keypoints_cam_m,
+        bbox_px=mask_bbox(rendering.mask),
+        rendering=rendering,
+        body=camera_parameters(pose, rotations[0], keypoints_m[0], shape.betas(), R, t),
+        scene=scene,
+    )
+    return HandSample(subject=f"synth-hand-{seed}-{index:07d}", gesture=gesture, frame=frame)
