@@ -84,10 +84,14 @@ class CrocoTask(LightningModule):
                                "(it has `batch_size`) or set lr_reference_batch to your global batch")
         return datamodule.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
+    def param_groups(self) -> list[dict]:
+        """AdamW parameter groups; the hook subclasses override to group differently (layer-wise LR decay)."""
+        no_decay = [f"backbone.{n}" for n in getattr(self.backbone, "no_weight_decay", set)()]
+        return param_groups_weight_decay(self, self.hparams.weight_decay, no_weight_decay_list=no_decay)
+
     def configure_optimizers(self) -> dict:
         lr = self.hparams.lr * self.global_batch_size() / self.hparams.lr_reference_batch
-        no_decay = [f"backbone.{n}" for n in getattr(self.backbone, "no_weight_decay", set)()]
-        groups = param_groups_weight_decay(self, self.hparams.weight_decay, no_weight_decay_list=no_decay)
+        groups = self.param_groups()
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.hparams.betas, fused=self.device.type == "cuda")
         total = self.trainer.estimated_stepping_batches
         warmup = min(self.hparams.warmup_steps, int(total) - 1)

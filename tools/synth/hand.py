@@ -162,7 +162,7 @@ def gesture_pose(gesture: Gesture, rng: np.random.Generator | None = None) -> to
         pose[_INDEX[f"{finger}1"], 1] = _SPREAD_RAD[finger] * spread
     opposition, thumb_curl = jitter(gesture.thumb_opposition), jitter(gesture.thumb_curl)
     pose[_INDEX["thumb1"]] = torch.tensor([-0.5, -0.9, 0.0]) * opposition
-    pose[_INDEX["thumb2"]] = _THUMB_FLEX_AXIS * 1.1 * thumb_curl
+    pose[_INDEX["thumb2"]] = _THUMB_FLEX_AXIS * 0.9 * thumb_curl
     pose[_INDEX["thumb3"]] = _THUMB_FLEX_AXIS * 1.1 * thumb_curl
     if rng is not None:
         pose[1:] += torch.tensor(rng.normal(0, _ANGLE_NOISE_RAD, size=(NUM_HAND_JOINTS - 1, 3)), dtype=torch.float32)
