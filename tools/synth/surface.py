@@ -22,8 +22,9 @@ def capsule_axes(capsules: Capsules) -> torch.Tensor:
     """Per capsule, rows (across_1, across_2, axis) (N, 3, 3) of an orthonormal frame in the bone
     frame: `axis` from start to end, `across_1` the bone's x made orthogonal to it (y for bones
     that run along x, like fingers), `across_2` completing the frame and never pointing back."""
-    axis = torch.nn.functional.normalize(torch.einsum("ni,nij->nj", capsules.end_m - capsules.start_m, capsules.frame), dim=-1)
-    reference = torch.where((axis[:, :1].abs() > 0.9), _Y, _X)
+    bone = torch.einsum("ni,nij->nj", capsules.end_m - capsules.start_m, capsules.frame)
+    axis = torch.nn.functional.normalize(bone, dim=-1)
+    reference = torch.where(axis[:, :1].abs() > 0.9, _Y, _X)
     across_1 = torch.nn.functional.normalize(reference - (reference * axis).sum(-1, keepdim=True) * axis, dim=-1)
     across_2 = torch.linalg.cross(axis, across_1)
     across_2 = across_2 * torch.where(across_2[:, 2:] < 0, -1.0, 1.0)
@@ -149,55 +150,62 @@ def _profiles(capsules: Capsules, ellipsoids: Ellipsoids, ring_counts: list[int]
     return profiles
 
 
+def _primitive_mesh(
+    profile: np.ndarray, ring_sizes: np.ndarray, axes: np.ndarray, is_capsule: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One closed primitive: `along` (n,), offsets (n, 3) and outward faces (2n - 4, 3) of its
+    start pole, its rings (`ring_sizes` vertices each) and its end pole."""
+    across_1, across_2, axis = axes
+    rows = [(0.0, -1.0, 0.0, 0.0)]  # along, axial, across_1, across_2 of the start pole
+    rings = []
+    for (along, axial, radial), size in zip(profile, ring_sizes):
+        phi = 2 * np.pi * np.arange(size) / size
+        rings.append(len(rows) + np.arange(size))
+        rows.extend((along, axial, radial * np.cos(angle), radial * np.sin(angle)) for angle in phi)
+    rows.append((1.0 if is_capsule else 0.0, 1.0, 0.0, 0.0))  # end pole
+    first, last = rings[0], rings[-1]
+    faces = [(0, first[(k + 1) % len(first)], first[k]) for k in range(len(first))]
+    for lower, upper in zip(rings, rings[1:]):
+        faces.extend(_zipper(lower, upper))
+    faces.extend((len(rows) - 1, last[k], last[(k + 1) % len(last)]) for k in range(len(last)))
+    table = np.asarray(rows)
+    offsets = table[:, 1:2] * axis + table[:, 2:3] * across_1 + table[:, 3:4] * across_2
+    faces = np.asarray(faces, dtype=np.int64)
+    # The offsets alone form a (flattened) closed surface of the same orientation as the mesh.
+    if _signed_volume(offsets, faces) < 0:
+        faces = faces[:, ::-1]
+    return table[:, 0], offsets, faces
+
+
 def build_template(capsules: Capsules, ellipsoids: Ellipsoids, num_vertices: int) -> MeshTemplate:
     """A closed mesh of exactly `num_vertices` vertices on these rest-pose primitives: two poles
     and rings per primitive, vertices shared out by surface area and, within a primitive, by ring
     circumference, so the spacing is roughly even everywhere."""
-    num_primitives = len(capsules.part) + len(ellipsoids.part)
+    num_capsules = len(capsules.part)
+    num_primitives = num_capsules + len(ellipsoids.part)
     area = _surface_area(capsules, ellipsoids)
     ring_budget = _largest_remainder(num_vertices - 2 * num_primitives, area, minimum=3)
     spacing_m = np.sqrt(area / (ring_budget + 2))
-    radius = np.concatenate([capsules.radius_m.double().numpy(), ellipsoids.radii_m.double().numpy()[:, [0, 2]].mean(1)])
-    meridian_m = np.concatenate([
-        np.pi * radius[: len(capsules.part)] + (capsules.end_m - capsules.start_m).norm(dim=-1).double().numpy(),
-        np.pi * (ellipsoids.radii_m[:, 1].double().numpy() + radius[len(capsules.part):]) / 2,
-    ])  # fmt: skip
-    ring_counts = [
-        int(np.clip(round(meridian_m[p] / spacing_m[p]) - 1, 1, ring_budget[p] // 3)) for p in range(num_primitives)
-    ]
+    capsule_meridian_m = np.pi * capsules.radius_m + (capsules.end_m - capsules.start_m).norm(dim=-1)
+    radii = ellipsoids.radii_m
+    ellipsoid_meridian_m = np.pi / 2 * (radii[:, 1] + radii[:, [0, 2]].mean(1))  # half an ellipse
+    meridian_m = torch.cat([capsule_meridian_m, ellipsoid_meridian_m]).double().numpy()
+    ring_counts = np.clip(np.round(meridian_m / spacing_m).astype(int) - 1, 1, ring_budget // 3)
     axes = torch.cat([capsule_axes(capsules), _ellipsoid_axes(len(ellipsoids.part))]).double().numpy()
     primitive, along, offset, faces = [], [], [], []
-    for index, profile in enumerate(_profiles(capsules, ellipsoids, ring_counts)):
-        across_1, across_2, axis = axes[index]
-        sizes = _largest_remainder(int(ring_budget[index]), profile[:, 2], minimum=3)
-        first = len(primitive)
-        points = [(0.0 if index < len(capsules.part) else 0.0, -1.0, 0.0)]  # start pole
-        rings = []
-        for (ring_along, axial, radial), size in zip(profile, sizes):
-            phi = 2 * np.pi * np.arange(size) / size
-            rings.append(first + len(points) + np.arange(size))
-            points.extend((ring_along, axial, radial * np.cos(angle), radial * np.sin(angle)) for angle in phi)
-        points[0] = (0.0, -1.0, 0.0, 0.0)
-        points.append((1.0 if index < len(capsules.part) else 0.0, 1.0, 0.0, 0.0))  # end pole
-        start_pole, end_pole = first, first + len(points) - 1
-        primitive_faces = [(start_pole, ring[(k + 1) % len(ring)], ring[k]) for ring in rings[:1] for k in range(len(ring))]
-        for lower, upper in zip(rings, rings[1:]):
-            primitive_faces.extend(_zipper(lower, upper))
-        primitive_faces.extend((end_pole, ring[k], ring[(k + 1) % len(ring)]) for ring in rings[-1:] for k in range(len(ring)))
-        table = np.asarray(points)
-        directions = table[:, 1:2] * axis + table[:, 2:3] * across_1 + table[:, 3:4] * across_2
-        primitive_faces = np.asarray(primitive_faces, dtype=np.int64)
-        if _signed_volume(directions, primitive_faces - first) < 0:
-            primitive_faces = primitive_faces[:, ::-1]
-        primitive.extend([index] * len(points))
-        along.extend(table[:, 0])
-        offset.extend(directions)
-        faces.append(primitive_faces)
-    num_capsule_vertices = sum(1 for p in primitive if p < len(capsules.part))
-    offset = torch.tensor(np.asarray(offset), dtype=torch.float32)
+    for index, profile in enumerate(_profiles(capsules, ellipsoids, ring_counts.tolist())):
+        ring_sizes = _largest_remainder(int(ring_budget[index]), profile[:, 2], minimum=3)
+        mesh_along, mesh_offset, mesh_faces = _primitive_mesh(profile, ring_sizes, axes[index], index < num_capsules)
+        faces.append(mesh_faces + len(primitive))
+        primitive.extend([index] * len(mesh_along))
+        along.append(mesh_along)
+        offset.append(mesh_offset)
+    primitive = torch.tensor(primitive)
+    num_capsule_vertices = int((primitive < num_capsules).sum())
+    offset = torch.tensor(np.concatenate(offset), dtype=torch.float32)
     return MeshTemplate(
-        primitive=torch.tensor(primitive),
-        along=torch.tensor(along[:num_capsule_vertices], dtype=torch.float32),
+        primitive=primitive,
+        along=torch.tensor(np.concatenate(along)[:num_capsule_vertices], dtype=torch.float32),
         offset=offset[:num_capsule_vertices],
         sphere=offset[num_capsule_vertices:],
         faces=np.concatenate(faces),
