@@ -7,6 +7,7 @@ by the effective global batch / 256, linear warmup then half-cycle cosine, per s
 
 import torch
 from lightning import LightningModule
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from timm.optim import param_groups_weight_decay
 from torch import nn
@@ -72,6 +73,12 @@ class CrocoTask(LightningModule):
         for block in self.backbone.transformer_blocks():
             fully_shard(block, mesh=mesh)
         fully_shard(self, mesh=mesh)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Remember the W&B run, so that resuming this checkpoint continues the same run."""
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger) and logger.version:
+                checkpoint["wandb_run_id"] = logger.version
 
     def load_pretrained(self, path: str) -> None:
         report = load_croco(path, self.backbone, self.head)

@@ -33,3 +33,12 @@ class WandbLogger(LightningWandbLogger):
                 rank_zero_info(f"W&B: no API key found (WANDB_API_KEY or `wandb login`): logging offline under "
                                f"{Path(save_dir, 'wandb').resolve()}; upload later with `wandb sync <run dir>`")
         super().__init__(project=project, save_dir=save_dir, offline=offline, **kwargs)
+
+    def continue_run(self, run_id: str) -> None:
+        """Log into run ``run_id`` (the one a resumed checkpoint came from) instead of a new run.
+
+        Must be called before the run starts, i.e. before the first access to ``experiment``.
+        """
+        if self._experiment is not None:
+            raise RuntimeError(f"W&B run {self._experiment.id} already started; cannot switch to {run_id}")
+        self._wandb_init["id"] = self._id = run_id

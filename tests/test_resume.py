@@ -79,3 +79,20 @@ def test_crash_during_save_keeps_previous_checkpoint(killed_then_resumed, monkey
         _atomic_save({"state_dict": {"w": torch.zeros(1000)}, "global_step": 99}, last)
     assert last.read_bytes() == before
     assert torch.load(last, weights_only=True)["global_step"] == 20
+
+
+def test_resuming_continues_the_wandb_run(pair_shards, tmp_path, monkeypatch):
+    import wandb
+
+    from tools.main import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4)]
+    main([*args, "--trainer.max_steps=2"])
+    wandb.finish()
+    main([*args, "--trainer.max_steps=4", "--ckpt_path=last"])
+    runs = sorted((tmp_path / "runs/pretrain_cpu_demo/wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    assert runs[0].name.rsplit("-", 1)[1] == runs[1].name.rsplit("-", 1)[1]  # same run id, appended to
+    checkpoint = torch.load(tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4 and checkpoint["wandb_run_id"] == runs[0].name.rsplit("-", 1)[1]

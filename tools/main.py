@@ -1,13 +1,14 @@
 """The ``crocoman`` command: LightningCLI over every task and DataModule; everything else is YAML."""
 
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType
 
 from datamodules.base import ShardDataModule
 from lightning_modules.base import CrocoTask
+from tools.cli import CrocomanCLI
 
 
 def main(args: ArgsType = None) -> None:
-    LightningCLI(
+    CrocomanCLI(
         model_class=CrocoTask,
         datamodule_class=ShardDataModule,
         subclass_mode_model=True,

@@ -1,0 +1,32 @@
+"""The LightningCLI behind ``crocoman``, plus what resuming needs beyond Lightning's own restore."""
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_modules.loggers import WandbLogger
+
+
+class CrocomanCLI(LightningCLI):
+    """Resuming with ``--ckpt_path`` also continues the checkpoint's W&B run (same run id)."""
+
+    def before_fit(self) -> None:
+        checkpoint = self._resumed_checkpoint()
+        if checkpoint is None:
+            return
+        run_id = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("wandb_run_id")
+        for logger in self.trainer.loggers:
+            if run_id and isinstance(logger, WandbLogger):
+                logger.continue_run(run_id)
+                rank_zero_info(f"W&B: continuing run {run_id} of {checkpoint}")
+
+    def _resumed_checkpoint(self) -> Path | None:
+        """The checkpoint file fit will resume from (``last`` resolved as Lightning does), if any."""
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path == "last":
+            candidates = [Path(cb.dirpath, "last.ckpt") for cb in self.trainer.checkpoint_callbacks if cb.dirpath]
+            existing = [path for path in candidates if path.is_file()]
+            return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
+        return Path(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
