@@ -66,3 +66,18 @@ def test_trainer_snippets_compose_with_task_configs(snippet, capsys):
     for value in ("FSDPStrategy", "DDPStrategy", "bf16-mixed", "32-true"):
         if value in snippet_text:
             assert value in printed
+
+
+def test_tensorboard_logger_gets_scalars_and_pictures(pair_shards, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
+          "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--model.init_args.picture_every_n_steps=1",
+          "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir=tb"])
+    run = tmp_path / "tb/lightning_logs/version_0"
+    events = EventAccumulator(str(run), size_guidance={"images": 0})
+    events.Reload()
+    assert {"loss", "loss/cross_view", "loss/cross_pose", "val/loss"} <= set(events.Tags()["scalars"])
+    assert "train/reconstruction" in events.Tags()["images"]
+    assert list((run / "pictures").glob("train_reconstruction_step*.png"))
