@@ -1,0 +1,31 @@
+"""`crocoman-export` turns a run's checkpoint into files other code bases load."""
+
+import timm
+import torch
+from safetensors.torch import load_file
+
+from backbone.weights import build_from_croco, load_into_timm
+from tests.conftest import REPO
+from tests.test_cli import TINY_MODEL, data_args
+from tools.export import main as export
+from tools.main import main
+
+
+def test_export_croco_and_timm_from_a_trained_run(pair_shards, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
+          "--trainer.max_steps=2"])
+    run = tmp_path / "runs/pretrain_cpu_demo"
+    checkpoint = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    common = ["--config", str(run / "config.yaml"), "--checkpoint", str(run / "checkpoints/last.ckpt")]
+
+    backbone, head, report = build_from_croco(export([*common, "--format", "croco", "--out", "croco.pth"]))
+    assert not report.missing and not report.unexpected
+    torch.testing.assert_close(backbone.enc_blocks[1].attn.qkv.weight, checkpoint["backbone.enc_blocks.1.attn.qkv.weight"])
+    torch.testing.assert_close(head.proj.weight, checkpoint["head.proj.weight"])
+
+    state = load_file(export([*common, "--format", "timm", "--out", "encoder.safetensors"]))
+    model = timm.create_model("vit_base_patch16_rope_224", pretrained=False, img_size=64, embed_dim=32, depth=2,
+                              num_heads=2)
+    timm_report = load_into_timm(state, model)
+    assert set(timm_report.missing) == {"cls_token", "head.weight", "head.bias"} and not timm_report.shape_mismatched
