@@ -1,23 +1,35 @@
-"""Procedural synthetic world of articulated people rendered into pair shards."""
+"""Procedural synthetic world of articulated people (and hands) rendered into pair shards,
+labelled shards and smplx-loadable body-model files."""
 
+from tools.synth.bodymodel import write_body_models
+from tools.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HandShape, render_hand
+from tools.synth.labelled import encode_labelled, write_labelled_shards
 from tools.synth.render import Rendering, Scene, render
 from tools.synth.shards import encode_group, write_pair_shards
-from tools.synth.skeleton import JOINT_NAMES, PARENTS, BodyShape, Motion, forward_kinematics
+from tools.synth.skeleton import JOINT_NAMES, PARENTS, BodyModelParameters, BodyShape, Motion, forward_kinematics
 from tools.synth.world import PART_NAMES, Frame, Group, render_group
 
 __all__ = [
+    "GESTURE_NAMES",
+    "HAND_KEYPOINT_NAMES",
     "JOINT_NAMES",
     "PARENTS",
     "PART_NAMES",
+    "BodyModelParameters",
     "BodyShape",
     "Frame",
     "Group",
+    "HandShape",
     "Motion",
     "Rendering",
     "Scene",
     "encode_group",
+    "encode_labelled",
     "forward_kinematics",
     "render",
     "render_group",
+    "render_hand",
+    "write_body_models",
+    "write_labelled_shards",
     "write_pair_shards",
 ]

@@ -1,9 +1,13 @@
-"""`crocoman-data`: command-line entry to the data tools (`synth` renders synthetic pair shards)."""
+"""`crocoman-data`: command-line entry to the data tools: `synth` renders synthetic pair shards,
+`labelled` labelled body or hand shards, `body-models` smplx-loadable model files of the same
+synthetic bodies."""
 
 import argparse
 import os
 from pathlib import Path
 
+from tools.synth.bodymodel import write_body_models
+from tools.synth.labelled import TASKS, write_labelled_shards
 from tools.synth.shards import write_pair_shards
 
 
@@ -19,6 +23,23 @@ def _synth(args: argparse.Namespace) -> None:
         groups_per_shard=args.groups_per_shard,
         val_groups=args.val_groups,
     )
+
+
+def _labelled(args: argparse.Namespace) -> None:
+    write_labelled_shards(
+        args.out,
+        num_samples=args.samples,
+        task=args.task,
+        image_size=args.size,
+        seed=args.seed,
+        workers=args.workers,
+        samples_per_shard=args.samples_per_shard,
+        val_samples=args.val_samples,
+    )
+
+
+def _body_models(args: argparse.Namespace) -> None:
+    write_body_models(args.out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,6 +62,34 @@ def main(argv: list[str] | None = None) -> None:
     synth.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
     synth.add_argument("--groups-per-shard", type=int, default=100)
     synth.set_defaults(run=_synth)
+
+    labelled = commands.add_parser(
+        "labelled",
+        help="render labelled crops (keypoints, SMPL/MANO parameters, vertices, DensePose or gesture)",
+        description="Render one person (or hand) per sample into labelled shards for fine-tuning; the output "
+        "depends on the seed and sizes only, never on --workers.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    labelled.add_argument("--out", type=Path, required=True, help="folder for train/, val/ and manifest.json")
+    labelled.add_argument("--task", choices=TASKS, required=True, help="whole bodies or bare hands")
+    labelled.add_argument("--samples", type=int, default=2000, help="training samples")
+    labelled.add_argument("--val-samples", type=int, default=0, help="validation samples, other people")
+    labelled.add_argument("--size", type=int, default=128, help="crop side in pixels")
+    labelled.add_argument("--seed", type=int, default=0)
+    labelled.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    labelled.add_argument("--samples-per-shard", type=int, default=200)
+    labelled.set_defaults(run=_labelled)
+
+    body_models = commands.add_parser(
+        "body-models",
+        help="write SMPL, SMPL-X and MANO model files of the synthetic bodies that smplx.create loads",
+        description="Model files (smpl/SMPL_NEUTRAL.pkl, smplx/SMPLX_NEUTRAL.npz, mano/MANO_RIGHT.npz) whose "
+        "meshes lie on the rendered synthetic people when posed with the labelled shards' parameters; "
+        "for tests and demos without the licensed files. Load MANO with ext='npz', use_pca=False, "
+        "flat_hand_mean=True.",
+    )
+    body_models.add_argument("--out", type=Path, required=True, help="root folder, as passed to smplx.create")
+    body_models.set_defaults(run=_body_models)
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -86,7 +86,9 @@ def hand_rest_offsets(shape: HandShape) -> torch.Tensor:
     return offsets * shape.scale
 
 
-def hand_primitives(shape: HandShape, keypoints_m: torch.Tensor, rotations: torch.Tensor) -> tuple[Capsules, Ellipsoids]:
+def hand_primitives(
+    shape: HandShape, keypoints_m: torch.Tensor, rotations: torch.Tensor
+) -> tuple[Capsules, Ellipsoids]:
     """A capsule per finger segment and an ellipsoid palm, for one posed hand (21, 3); every
     primitive has its own part id (1..16, joint + 1) so parts stay tellable apart."""
     start = list(HAND_PRIMITIVE_JOINTS[:-1])
@@ -141,9 +143,13 @@ GESTURE_NAMES = tuple(gesture.name for gesture in GESTURES)
 # fans out at full spread (positive towards the thumb).
 _CURL_RAD = (1.45, 1.7, 1.1)
 _SPREAD_RAD = {"index": 0.18, "middle": 0.02, "ring": -0.12, "pinky": -0.25}
-_FLEX_AXIS = torch.tensor([0.0, 0.0, -1.0])  # bends a finger pointing along x towards the palm (-y)
-_THUMB_DIRECTION = torch.nn.functional.normalize(_REST_OFFSETS_M[_INDEX["thumb2"]], dim=0)
-_THUMB_FLEX_AXIS = torch.nn.functional.normalize(torch.linalg.cross(_THUMB_DIRECTION, torch.tensor([0.0, 1.0, 0.0])), dim=0)
+# A positive turn about direction x palm_normal bends a segment pointing along `direction` towards
+# the palm side (-y): -z for the fingers (along x); for the thumb, across its own direction.
+_PALM_NORMAL = torch.tensor([0.0, -1.0, 0.0])
+_FLEX_AXIS = torch.linalg.cross(torch.tensor([1.0, 0.0, 0.0]), _PALM_NORMAL)
+_THUMB_FLEX_AXIS = torch.nn.functional.normalize(
+    torch.linalg.cross(_REST_OFFSETS_M[_INDEX["thumb2"]], _PALM_NORMAL), dim=0
+)
 _CURL_NOISE, _ANGLE_NOISE_RAD = 0.07, 0.04
 
 
@@ -200,9 +206,8 @@ def render_hand(seed: int, index: int, image_size: int) -> HandSample:
     )
     keypoints_m = keypoints_m + torch.tensor(_WRIST_WORLD_M)
     capsules, ellipsoids = hand_primitives(shape, keypoints_m, rotations)
-    scene = Scene(
-        capsules=capsules, ellipsoids=ellipsoids, clothing=skin_clothing(rng, NUM_HAND_JOINTS), **sample_environment(rng)
-    )
+    clothing = skin_clothing(rng, NUM_HAND_JOINTS)
+    scene = Scene(capsules=capsules, ellipsoids=ellipsoids, clothing=clothing, **sample_environment(rng))
     target_m = ellipsoids.center_m[0]
     azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(-0.3, 1.0)
     distance_m = rng.uniform(0.35, 0.6)

@@ -237,16 +237,29 @@ def _backdrop_surface(point: torch.Tensor, scene: Scene) -> tuple[torch.Tensor, 
     return normal, scene.backdrop.albedo(coords)
 
 
-def segment_blocked(start_m: torch.Tensor, end_m: torch.Tensor, scene: Scene) -> torch.Tensor:
-    """Whether the body crosses each segment (N, 3) -> (N, 3), as bool (N,).
+def _inside(points_m: torch.Tensor, scene: Scene) -> torch.Tensor:
+    """Whether each point (N, 3) lies inside each primitive, (N, P) bool, capsules first."""
+    capsules, ellipsoids = scene.capsules, scene.ellipsoids
+    axis = capsules.end_m - capsules.start_m
+    from_start = points_m[:, None] - capsules.start_m
+    along = ((from_start * axis).sum(-1) / (axis * axis).sum(-1)).clamp(0, 1)
+    in_capsule = (from_start - along[..., None] * axis).norm(dim=-1) < capsules.radius_m
+    local = torch.einsum("npi,pij->npj", points_m[:, None] - ellipsoids.center_m, ellipsoids.rotation)
+    in_ellipsoid = (local / ellipsoids.radii_m).norm(dim=-1) < 1
+    return torch.cat([in_capsule, in_ellipsoid], dim=1)
 
-    A ray leaving a primitive's inside meets that primitive only behind its origin, which the
-    hit test discards: a joint inside its own limb is not hidden by that limb, only by others.
-    """
-    offset = end_m - start_m
-    length_m = offset.norm(dim=-1)
-    t, _ = _first_body_hit(start_m, offset / length_m[:, None], scene)
-    return t < length_m
+
+def hidden_from(points_m: torch.Tensor, viewpoint_m: torch.Tensor, scene: Scene, own: torch.Tensor) -> torch.Tensor:
+    """Whether each point (N, 3) is hidden from `viewpoint_m` (3,) by a primitive that is not
+    one of its own (`own` (N, P) bool, capsules first), as bool (N,): a primitive crossing the
+    segment between them, or one enclosing the point (primitives interpenetrate where limbs
+    meet or touch the body, so a joint can be buried in another part)."""
+    offset = viewpoint_m - points_m
+    length_m = offset.norm(dim=-1, keepdim=True)
+    direction = offset / length_m
+    capsule_t = _capsule_distances(points_m, direction, scene.capsules)
+    distances = torch.cat([capsule_t, _ellipsoid_distances(points_m, direction, scene.ellipsoids)], dim=1)
+    return ((distances < length_m) | _inside(points_m, scene)).logical_and(~own).any(dim=1)
 
 
 def camera_rays(

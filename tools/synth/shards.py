@@ -10,7 +10,7 @@ import json
 import multiprocessing
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -33,15 +33,16 @@ def _listed(values: torch.Tensor) -> list:
     return values.double().round(decimals=_DECIMALS).tolist()
 
 
-def _jpeg(rgb: torch.Tensor) -> bytes:
+def jpeg_bytes(rgb: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb.numpy()).save(buffer, format="JPEG", quality=_JPEG_QUALITY)
     return buffer.getvalue()
 
 
-def _png_mask(mask: torch.Tensor) -> bytes:
+def png_bytes(image: np.ndarray) -> bytes:
+    """Lossless PNG of a uint8 (H, W) or (H, W, 3) array."""
     buffer = io.BytesIO()
-    Image.fromarray(mask.numpy().astype(np.uint8) * 255).save(buffer, format="PNG")
+    Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -67,15 +68,15 @@ def encode_group(index: int, seed: int, image_size: int, cameras: int, times: in
     records = []
     for number, frame in enumerate(group.frames):
         name = f"f{number}"
-        sample[f"{name}.jpg"] = _jpeg(frame.rendering.rgb)
-        sample[f"{name}.mask.png"] = _png_mask(frame.rendering.mask)
+        sample[f"{name}.jpg"] = jpeg_bytes(frame.rendering.rgb)
+        sample[f"{name}.mask.png"] = png_bytes(frame.rendering.mask.numpy().astype(np.uint8) * 255)
         records.append(_frame_record(frame, name))
     sample["group.json"] = json.dumps({"subject": group.subject, "frames": records}, separators=(",", ":")).encode()
     return sample
 
 
 @contextmanager
-def _rendered(job: Callable[[int], dict], indices: range, workers: int) -> Iterator[Iterator[dict]]:
+def _rendered(job: Callable[[int], dict], indices: Sequence[int], workers: int) -> Iterator[Iterator[dict]]:
     """Samples in index order. Every renderer runs single-threaded, in-process or in a worker,
     so float results cannot depend on how many intra-op threads a process happened to have."""
     if workers > 1:
@@ -92,13 +93,64 @@ def _rendered(job: Callable[[int], dict], indices: range, workers: int) -> Itera
             torch.set_num_threads(threads)
 
 
-def _refuse_stale_shards(split_dir: Path) -> None:
-    stale = sorted(split_dir.glob("pairs-*.tar"))
+def _refuse_stale_shards(split_dir: Path, shard_pattern: str) -> None:
+    stale = sorted(split_dir.glob(shard_pattern.split("%")[0] + "*.tar"))
     if stale:
         raise FileExistsError(
             f"{split_dir} already holds {len(stale)} shards (e.g. {stale[0].name}); a reader globbing it "
             "would mix them with the new ones. Delete them or choose another out_dir."
         )
+
+
+def check_at_least(caller: str, **values_and_minimums: tuple[int, int]) -> None:
+    """Refuse sizes below their minimum, naming the argument: (value, minimum) per name."""
+    for name, (value, minimum) in values_and_minimums.items():
+        if value < minimum:
+            raise ValueError(f"{caller}: {name}={value}, needs at least {minimum}")
+
+
+def write_sample_shards(
+    out: Path,
+    splits: dict[str, range],
+    job: Callable[[int], dict],
+    workers: int,
+    samples_per_shard: int,
+    shard_pattern: str,
+    desc: str,
+    unit: str,
+) -> dict[str, list[tuple[str, int, int]]]:
+    """Encode sample `index` with `job` for every index of every split (in worker processes) and
+    write them in index order into `out/<split>/<shard_pattern>`: the bytes depend on the
+    indices alone, not on `workers`. Returns per split its shards as (path relative to `out`,
+    samples, bytes)."""
+    for split in splits:
+        _refuse_stale_shards(out / split, shard_pattern)
+    everything = [index for indices in splits.values() for index in indices]
+    shards = {}
+    with _rendered(job, everything, workers) as samples, tqdm(total=len(everything), unit=unit, desc=desc) as bar:
+        for split, indices in splits.items():
+            (out / split).mkdir(parents=True, exist_ok=True)
+            samples_in_shard: Counter[Path] = Counter()
+            # mtime fixed so that equal data gives byte-equal tars.
+            pattern = str(out / split / shard_pattern)
+            with wds.ShardWriter(pattern, maxcount=samples_per_shard, verbose=0, mtime=0) as writer:
+                for _ in indices:
+                    writer.write(next(samples))
+                    samples_in_shard[Path(writer.fname)] += 1
+                    bar.update()
+            shards[split] = [
+                (path.relative_to(out).as_posix(), count, path.stat().st_size)
+                for path, count in samples_in_shard.items()
+            ]
+    return shards
+
+
+def split_indices(train: int, val: int) -> dict[str, range]:
+    """Index ranges per split; validation indices follow the train ones, so they are other people."""
+    splits = {"train": range(train)}
+    if val:
+        splits["val"] = range(train, train + val)
+    return splits
 
 
 def write_pair_shards(
@@ -116,44 +168,24 @@ def write_pair_shards(
     frames into `out_dir/{train,val}/pairs-%06d.tar` and return the manifest also written to
     `out_dir/manifest.json`. Validation groups follow the train indices, so they are
     different people."""
-    for name, value, minimum in (
-        ("num_groups", num_groups, 1), ("image_size", image_size, 16), ("cameras", cameras, 1),
-        ("times", times, 1), ("workers", workers, 1), ("groups_per_shard", groups_per_shard, 1),
-        ("val_groups", val_groups, 0),
-    ):  # fmt: skip
-        if value < minimum:
-            raise ValueError(f"write_pair_shards: {name}={value}, needs at least {minimum}")
+    check_at_least(
+        "write_pair_shards", num_groups=(num_groups, 1), image_size=(image_size, 16), cameras=(cameras, 1),
+        times=(times, 1), workers=(workers, 1), groups_per_shard=(groups_per_shard, 1), val_groups=(val_groups, 0),
+    )  # fmt: skip
     out = Path(out_dir)
-    splits = {"train": range(num_groups)}
-    if val_groups:
-        splits["val"] = range(num_groups, num_groups + val_groups)
-    for split in splits:
-        _refuse_stale_shards(out / split)
-
     started = time.perf_counter()
     job = partial(encode_group, seed=seed, image_size=image_size, cameras=cameras, times=times)
-    manifest_splits = {}
-    total = num_groups + val_groups
-    with _rendered(job, range(total), workers) as samples, tqdm(total=total, unit="group", desc="synth") as bar:
-        for split, indices in splits.items():
-            (out / split).mkdir(parents=True, exist_ok=True)
-            groups_in_shard: Counter[Path] = Counter()
-            # mtime fixed so that equal data gives byte-equal tars.
-            pattern = str(out / split / SHARD_PATTERN)
-            with wds.ShardWriter(pattern, maxcount=groups_per_shard, verbose=0, mtime=0) as writer:
-                for _ in indices:
-                    writer.write(next(samples))
-                    groups_in_shard[Path(writer.fname)] += 1
-                    bar.update()
-            manifest_splits[split] = {
-                "groups": len(indices),
-                "frames": len(indices) * cameras * times,
-                "shards": [
-                    {"path": path.relative_to(out).as_posix(), "groups": count, "bytes": path.stat().st_size}
-                    for path, count in groups_in_shard.items()
-                ],
-            }
+    splits = split_indices(num_groups, val_groups)
+    shards = write_sample_shards(out, splits, job, workers, groups_per_shard, SHARD_PATTERN, desc="synth", unit="group")
     seconds = time.perf_counter() - started
+    manifest_splits = {
+        split: {
+            "groups": len(indices),
+            "frames": len(indices) * cameras * times,
+            "shards": [{"path": path, "groups": count, "bytes": size} for path, count, size in shards[split]],
+        }
+        for split, indices in splits.items()
+    }
 
     total_bytes = sum(shard["bytes"] for split in manifest_splits.values() for shard in split["shards"])
     manifest = {
@@ -169,10 +201,11 @@ def write_pair_shards(
         "generation_seconds": round(seconds, 2),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    shards = sum(len(split["shards"]) for split in manifest_splits.values())
+    total = num_groups + val_groups
+    num_shards = sum(len(split["shards"]) for split in manifest_splits.values())
     print(
         f"synth: {num_groups} train + {val_groups} val groups ({total * cameras * times} frames of "
-        f"{image_size} px) in {shards} shards, {total_bytes / 1e6:.1f} MB, {seconds:.1f} s "
+        f"{image_size} px) in {num_shards} shards, {total_bytes / 1e6:.1f} MB, {seconds:.1f} s "
         f"({total / seconds:.1f} groups/s, {workers} workers) -> {out}"
     )
     return manifest
