@@ -19,7 +19,6 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datamodules.base import ShardDataModule
-from datamodules.shards import eval_loader, expand_shards, shard_sources, train_loader
 
 CROSS_VIEW, CROSS_POSE = 0, 1
 
@@ -155,27 +154,5 @@ class PairDataModule(ShardDataModule):
                            independent_augmentation=hp.independent_augmentation, crop_scale=hp.crop_scale,
                            color_jitter=hp.color_jitter, deterministic=not train)
 
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        hp = self.hparams
-        batches_per_rank = hp.epoch_pairs // (hp.batch_size * self.world_size())
-        if batches_per_rank < 1:
-            raise ValueError(f"epoch_pairs={hp.epoch_pairs} is less than one batch per rank "
-                             f"({hp.batch_size} x {self.world_size()} ranks)")
-        return train_loader(shard_sources(hp.train_shards, hp.train_weights), hp.train_weights,
-                            self._sampler(train=True), hp.batch_size, hp.num_workers, batches_per_rank,
-                            hp.shuffle_buffer)
-
-    def _eval_loader(self, shards: str | list[str] | None) -> torch.utils.data.DataLoader | list:
-        if shards is None:
-            return []
-        return eval_loader(expand_shards(shards), self._sampler(train=False), self.hparams.batch_size,
-                           self.hparams.num_workers, self.world_size())
-
-    def val_dataloader(self) -> torch.utils.data.DataLoader | list:
-        return self._eval_loader(self.hparams.val_shards)
-
-    def test_dataloader(self) -> torch.utils.data.DataLoader | list:
-        return self._eval_loader(self.hparams.test_shards or self.hparams.val_shards)
-
-    def predict_dataloader(self) -> torch.utils.data.DataLoader | list:
-        return self._eval_loader(self.hparams.test_shards or self.hparams.val_shards)
+    def samples_per_epoch(self) -> int:
+        return self.hparams.epoch_pairs

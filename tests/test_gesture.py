@@ -1,0 +1,185 @@
+"""Gesture classification: metrics, head, the two configs through the CLI, and learning a toy set."""
+
+import io
+import json
+import logging
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+from lightning import Trainer, seed_everything
+from PIL import Image, ImageDraw
+
+from backbone import CroCoNet
+from datamodules import LabelledDataModule
+from heads import ClassificationHead, CompletionHead
+from lightning_modules import GestureModule, PretrainModule
+from lightning_modules.gesture import classification_metrics, confusion_picture
+from tests.conftest import REPO
+from tools.main import main
+from tools.synth import GESTURE_NAMES, write_labelled_shards
+
+TOY_CLASSES = ["disc", "horizontal_bar", "vertical_bar"]
+
+
+def toy_shape(label: int, size: int, rng: random.Random) -> Image.Image:
+    """A crop whose class is a shape (disc, horizontal or vertical bar) at a random place and colour: separable
+    enough for a tiny ViT to learn in seconds, which the synthetic hands are not."""
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(0, 100) for _ in range(3)))
+    long, short = rng.uniform(0.6, 0.9) * size, rng.uniform(0.15, 0.25) * size
+    w, h = [(short * 2, short * 2), (long, short), (short, long)][label]
+    x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)
+    shape = ImageDraw.Draw(image).ellipse if label == 0 else ImageDraw.Draw(image).rectangle
+    shape((x, y, x + w, y + h), fill=tuple(rng.randrange(150, 256) for _ in range(3)))
+    return image
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def write_toy_shards(out: Path, train: int, val: int, size: int = 32, per_shard: int = 16) -> Path:
+    """Shape crops with the keys gesture training reads (jpg, cls) and manifest.json naming the classes."""
+    rng = random.Random(0)
+    for split, count in ("train", train), ("val", val):
+        (out / split).mkdir(parents=True)
+        for first in range(0, count, per_shard):
+            with wds.TarWriter(str(out / split / f"labelled-{first // per_shard:06d}.tar")) as sink:
+                for index in range(first, min(first + per_shard, count)):
+                    label = index % len(TOY_CLASSES)
+                    sink.write({"__key__": f"{split}{index:05d}", "jpg": jpeg(toy_shape(label, size, rng)),
+                                "cls": str(label)})
+    (out / "manifest.json").write_text(json.dumps({"classes": TOY_CLASSES}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def hand_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic hands in eight gestures, as `crocoman-data labelled --task hand` writes them."""
+    out = tmp_path_factory.mktemp("hands")
+    write_labelled_shards(out, 16, task="hand", image_size=64, samples_per_shard=8, val_samples=8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy_shards(tmp_path_factory.mktemp("toy"), train=96, val=48)
+
+
+def test_metrics_match_a_hand_computed_imbalanced_case():
+    # 6 samples of class 0, 2 of class 1, 2 of class 2; always answering 0 is right 6/10 times.
+    target = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 0, 0, 0, 0, 1, 1, 0, 0, 0])
+    values = classification_metrics(3)(torch.nn.functional.one_hot(predicted, 3).float(), target)
+    assert values["top1"] == pytest.approx(6 / 10)
+    # per-class recall: 5/6, 1/2, 0/2
+    assert values["balanced_accuracy"] == pytest.approx((5 / 6 + 1 / 2 + 0) / 3)
+
+
+def test_confusion_picture_is_an_rgb_image():
+    picture = confusion_picture(torch.tensor([[5, 1], [0, 2]]), ["open_palm", "fist"])
+    assert picture.shape[0] == 3 and picture.shape[1] == 3 * 28 and 0 <= picture.min() and picture.max() <= 1
+
+
+@pytest.mark.parametrize("pool", ["attention", "mean"])
+def test_head_shapes(pool):
+    backbone = CroCoNet(img_size=32, embed_dim=32, depth=1, num_heads=2, decoder_depth=1, decoder_embed_dim=32,
+                        decoder_num_heads=2)
+    head = ClassificationHead(pool=pool)
+    head.bind(backbone)
+    tokens, _ = backbone.encode(torch.rand(2, 3, 32, 32))
+    with pytest.raises(RuntimeError, match="set_num_classes"):
+        head(tokens)
+    head.set_num_classes(5)
+    assert head(tokens).shape == (2, 5)
+    with pytest.raises(ValueError, match="built for 5 classes"):
+        head.set_num_classes(4)
+
+
+def test_labels_are_read_and_a_sample_without_one_is_a_counted_skip(hand_shards, tmp_path):
+    with wds.TarWriter(str(tmp_path / "labelled-000000.tar")) as sink:
+        jpg = jpeg(toy_shape(0, 32, random.Random(0)))
+        sink.write({"__key__": "unlabelled", "jpg": jpg})
+        sink.write({"__key__": "out_of_range", "jpg": jpg, "cls": "7"})
+        sink.write({"__key__": "good", "jpg": jpg, "cls": "2"})
+    data = LabelledDataModule(str(tmp_path), val_shards=str(tmp_path), label_keys=("cls",), classes=TOY_CLASSES,
+                              batch_size=4, num_workers=0, image_size=32)
+    (batch,) = list(data.val_dataloader())
+    assert batch["key"] == ["good"] and batch["label"].tolist() == [2] and batch["image"].shape == (1, 3, 32, 32)
+    assert data.on_before_batch_transfer(batch, 0) is batch and data.skipped.tolist() == [0, 0, 1, 1]
+    assert LabelledDataModule(str(hand_shards / "train"), label_keys=("cls",)).classes == list(GESTURE_NAMES)
+
+
+TINY_MODEL = ["--model.init_args.backbone.init_args.img_size=32", "--model.init_args.backbone.init_args.embed_dim=32",
+              "--model.init_args.backbone.init_args.depth=2", "--model.init_args.backbone.init_args.num_heads=2",
+              "--model.init_args.backbone.init_args.decoder_embed_dim=32",
+              "--model.init_args.backbone.init_args.decoder_depth=1",
+              "--model.init_args.backbone.init_args.decoder_num_heads=2"]
+ON_CPU = ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.devices=1", "--trainer.strategy=auto"]
+
+
+def data_args(shards: Path, image_size: int) -> list[str]:
+    return [f"--data.train_shards={shards / 'train'}", f"--data.val_shards={shards / 'val'}",
+            f"--data.image_size={image_size}", "--data.batch_size=4", "--data.num_workers=0",
+            "--data.shuffle_buffer=8", "--data.epoch_samples=8"]
+
+
+def pretrain_checkpoint(path: Path, **backbone_sizes) -> None:
+    """A real pretraining Lightning checkpoint, as `make pretrain` leaves one."""
+    trainer = Trainer(accelerator="cpu", logger=False)
+    trainer.strategy.connect(PretrainModule(CroCoNet(**backbone_sizes), CompletionHead()))
+    trainer.save_checkpoint(path)
+
+
+def test_cpu_config_fine_tunes_the_pretrained_demo_encoder(hand_shards, tmp_path, monkeypatch, capsys, caplog):
+    """gesture_cpu.yaml at its own model size, from the checkpoint path it names."""
+    monkeypatch.chdir(tmp_path)
+    pretrain_checkpoint(tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt", img_size=128, embed_dim=192,
+                        depth=6, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
+    with caplog.at_level(logging.INFO):
+        main(["fit", "-c", str(REPO / "configs/finetune/gesture_cpu.yaml"), *data_args(hand_shards, 64),
+              "--trainer.max_steps=2", *ON_CPU])
+    assert "Loaded the pretrained encoder from runs/pretrain_cpu_demo/checkpoints/last.ckpt" in caplog.text
+    run = tmp_path / "runs/gesture_cpu"
+    checkpoint = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["class_names"] == list(GESTURE_NAMES)
+    assert [p.name for p in (run / "pictures").glob("val_confusion_*.png")] == ["val_confusion_step0000002.png"]
+    assert "crocoman: finished 2 steps" in capsys.readouterr().out
+
+
+def test_gpu_config_runs_on_cpu_at_tiny_size_and_tests_its_checkpoint(hand_shards, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    arguments = ["-c", str(REPO / "configs/finetune/gesture.yaml"), *TINY_MODEL, *data_args(hand_shards, 32),
+                 "--model.init_args.pretrained=null", *ON_CPU]
+    main(["fit", *arguments, "--trainer.max_steps=2"])
+    run = tmp_path / "runs/gesture_vitb"
+    # The CLI restores the model's hyper-parameters (class names included) from the checkpoint.
+    main(["test", *arguments, f"--ckpt_path={run / 'checkpoints/last.ckpt'}"])
+    assert list((run / "pictures").glob("test_confusion_*.png"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run no faster on two threads, and on CPUs shared with other jobs two threads can run 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_short_fit_learns_a_separable_toy_set(toy_shards, tmp_path, one_thread):
+    seed_everything(0)
+    backbone = CroCoNet(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, decoder_embed_dim=32,
+                        decoder_depth=1, decoder_num_heads=2)
+    module = GestureModule(backbone, ClassificationHead(), lr=2e-2, weight_decay=0.0, warmup_steps=5)
+    data = LabelledDataModule(str(toy_shards / "train"), val_shards=str(toy_shards / "val"), label_keys=("cls",),
+                              batch_size=16, num_workers=0, image_size=32, epoch_samples=16 * 150, shuffle_buffer=32,
+                              crop_scale=(0.8, 1.0), color_jitter=0.1)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert trainer.callback_metrics["val/top1"] > 0.7  # chance: 1/3; typically 0.9+ after these 150 steps
