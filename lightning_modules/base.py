@@ -98,7 +98,8 @@ class CrocoTask(LightningModule):
 
     def configure_optimizers(self) -> dict:
         lr = self.hparams.lr * self.global_batch_size() / self.hparams.lr_reference_batch
-        groups = self.param_groups()
+        # A group's ``lr_scale`` (layer-wise LR decay) scales its own peak.
+        groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in self.param_groups()]
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.hparams.betas, fused=self.device.type == "cuda")
         total = self.trainer.estimated_stepping_batches
         warmup = min(self.hparams.warmup_steps, int(total) - 1)

@@ -102,15 +102,12 @@ class FinetuneTask(CrocoTask):
         return lambda name: encoder.get(name, math.inf)
 
     def param_groups(self) -> list[dict]:
-        """With ``layer_decay``, timm's layer-wise groups, each with its own peak LR (``lr_scale`` x peak)."""
+        """With ``layer_decay``, timm's layer-wise groups; CrocoTask gives each ``lr_scale`` x the peak LR."""
         if self.hparams.layer_decay is None:
             return super().param_groups()
         no_decay = [f"backbone.{n}" for n in getattr(self.backbone, "no_weight_decay", set)()]
         groups = param_groups_layer_decay(self, self.hparams.weight_decay, no_weight_decay_list=no_decay,
                                           layer_decay=self.hparams.layer_decay)
-        peak = self.hparams.lr * self.global_batch_size() / self.hparams.lr_reference_batch
-        for group in groups:
-            group["lr"] = peak * group["lr_scale"]
         scales = sorted({group["lr_scale"] for group in groups})
         rank_zero_info(f"layer-wise LR decay {self.hparams.layer_decay}: {len(scales)} LR levels from "
                        f"{scales[0]:.3g} to {scales[-1]:.3g} x the peak LR")
