@@ -5,6 +5,9 @@ CroCo's for every task: AdamW without weight decay on norms, biases and tokens, 
 by the effective global batch / 256, linear warmup then half-cycle cosine, per step.
 """
 
+import math
+from collections.abc import Callable
+
 import torch
 from lightning import LightningModule
 from lightning.pytorch.loggers import WandbLogger
@@ -15,6 +18,22 @@ from torch.distributed.fsdp import fully_shard
 
 from backbone.weights import load_croco
 from heads.base import Head
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR factor per step: linear warmup from 1/warmup to 1, then a half-cycle cosine down to ``min_ratio``.
+
+    A factor (``LambdaLR``) rather than absolute LRs keeps every group's own peak: groups with a
+    layer-decay ``lr_scale`` end at ``min_ratio`` x *their* peak, not at one shared floor.
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
 class CrocoTask(LightningModule):
@@ -101,15 +120,10 @@ class CrocoTask(LightningModule):
         # A group's ``lr_scale`` (layer-wise LR decay) scales its own peak.
         groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in self.param_groups()]
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.hparams.betas, fused=self.device.type == "cuda")
-        total = self.trainer.estimated_stepping_batches
-        warmup = min(self.hparams.warmup_steps, int(total) - 1)
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup),
-                                                            eta_min=lr * self.hparams.min_lr_ratio)
-        schedule = cosine if warmup <= 0 else torch.optim.lr_scheduler.SequentialLR(
-            optimizer,
-            [torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup), cosine],
-            milestones=[warmup],
-        )
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = max(0, min(self.hparams.warmup_steps, total - 1))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(warmup, total, self.hparams.min_lr_ratio))
         rank_zero_info(f"AdamW: peak lr {lr:.3g} (base {self.hparams.lr:g} x global batch "
                        f"{self.global_batch_size()} / {self.hparams.lr_reference_batch}), "
                        f"{warmup} warmup steps, cosine over {total} steps")

@@ -48,10 +48,6 @@ class FinetuneTask(CrocoTask):
         super().__init__(*args, **kwargs)
         if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
-        if layer_decay is not None and self.hparams.min_lr_ratio > 0:
-            raise ValueError(f"min_lr_ratio={self.hparams.min_lr_ratio} with layer_decay: CrocoTask's cosine ends "
-                             f"every group at the same absolute LR, which would raise the LR of the decayed "
-                             f"layers; use min_lr_ratio: 0")
         for name, parameter in self.backbone.named_parameters():
             parameter.requires_grad_(f"backbone.{name}".startswith(ENCODER_KEYS) and not freeze_encoder)
         self.train(self.training)  # Lightning keeps the modes a module comes with: a frozen encoder starts in eval

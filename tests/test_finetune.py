@@ -15,6 +15,7 @@ from datamodules import LabelledDataModule
 from datamodules.labelled import LabelledSample
 from heads import ClassificationHead
 from lightning_modules import GestureModule
+from lightning_modules.base import warmup_cosine
 from tests.test_gesture import pretrain_checkpoint
 from tools.synth import GESTURE_NAMES, write_labelled_shards
 
@@ -119,9 +120,24 @@ def test_layer_decay_scales_lr_by_depth_and_leaves_the_decoder_out(hand_shards, 
     assert set(lr_of) == {id(p) for p in module.parameters() if p.requires_grad}
 
 
-def test_layer_decay_refuses_a_floor_that_would_raise_the_decayed_lrs():
-    with pytest.raises(ValueError, match="min_lr_ratio"):
-        gesture_module(layer_decay=0.75, min_lr_ratio=0.1)
+def test_schedule_ends_each_layer_decayed_group_at_its_own_floor():
+    """Warmup, then cosine to min_lr_ratio x each group's own peak: a shared absolute floor would
+    raise the LR of the strongly decayed layers at the end of training."""
+    weights = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    optimizer = torch.optim.SGD([{"params": [weights[0]], "lr": 1.0}, {"params": [weights[1]], "lr": 0.01}])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps=4, total_steps=20,
+                                                                          min_ratio=0.1))
+    lrs = []
+    for _ in range(20):
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        schedule.step()
+    lrs.append([group["lr"] for group in optimizer.param_groups])
+    assert lrs[0] == pytest.approx([0.25, 0.0025])  # warmup starts at 1/4 of the peak
+    assert lrs[3] == pytest.approx([1.0, 0.01])  # peak at the end of warmup
+    assert lrs[12] == pytest.approx([0.55, 0.0055])  # half-way down the cosine: the mean of peak and floor
+    assert lrs[20] == pytest.approx([0.1, 0.001])  # each group at 10% of its own peak
+    assert all(a >= b for a, b in zip([lr[0] for lr in lrs[3:]], [lr[0] for lr in lrs[4:]]))
 
 
 def test_crops_move_keypoints_and_intrinsics_with_the_pixels():
