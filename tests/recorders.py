@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
+from torch.distributed._composable.contract import _get_registry
 from torch.distributed.tensor import DTensor
 
 
@@ -30,9 +31,12 @@ class BatchRecorder(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         out = Path(os.environ["CROCOMAN_RECORD_DIR"], f"rank{trainer.global_rank}.json")
-        sharded = all(isinstance(p, DTensor) for p in pl_module.backbone.transformer_blocks()[0].parameters())
+        block = pl_module.backbone.transformer_blocks()[0]
+        sharded = all(isinstance(p, DTensor) for p in block.parameters())
+        checkpointed = "checkpoint" in (_get_registry(block) or {})  # composable activation checkpointing
         out.write_text(json.dumps({"train_batches": self.train_batches, "val_keys": self.val_keys,
-                                   "world_size": trainer.world_size, "blocks_sharded": sharded}))
+                                   "world_size": trainer.world_size, "blocks_sharded": sharded,
+                                   "blocks_checkpointed": checkpointed}))
 
 
 class KillAtStep(Callback):

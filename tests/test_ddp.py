@@ -38,10 +38,13 @@ def run_two_ranks(shards: Path, snippet: str, workdir: Path, *extra: str) -> sub
 
 @pytest.mark.parametrize(("snippet", "sharded"), [("ddp.yaml", False), ("fsdp2.yaml", True)])
 def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path, snippet, sharded):
-    result = run_two_ranks(ddp_shards, snippet, tmp_path, "--trainer.callbacks+=tests.recorders.BatchRecorder")
+    # FSDP2 runs with activation checkpointing: checkpointed blocks must still shard and train.
+    result = run_two_ranks(ddp_shards, snippet, tmp_path, "--trainer.callbacks+=tests.recorders.BatchRecorder",
+                           f"--model.init_args.activation_checkpointing={sharded}")
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world_size"] == 2 and r["blocks_sharded"] == sharded for r in ranks)
+    assert all(r["blocks_checkpointed"] == sharded for r in ranks)
     # 16 pairs per epoch / (2 per batch x 2 ranks) = 4 full batches on every rank, 2 epochs
     assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == {"0": 4, "1": 4}
     seen = ranks[0]["val_keys"] + ranks[1]["val_keys"]

@@ -48,3 +48,19 @@ def test_optimizer_recipe(pair_shards, tmp_path):
     assert capture.optimizer.defaults["betas"] == (0.9, 0.95)
     assert [g["initial_lr"] for g in capture.optimizer.param_groups] == [peak, peak]
     assert trainer.global_step == 4
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """Recomputing block activations in the backward pass must not change what is learned."""
+    plain, checkpointed = tiny_module(), tiny_module(activation_checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.configure_model()
+    torch.manual_seed(0)
+    batch = {"image1": torch.rand(2, 3, 32, 32), "image2": torch.rand(2, 3, 32, 32), "pair_type": torch.tensor([0, 1])}
+    for module in plain, checkpointed:
+        torch.manual_seed(1)  # the same mask
+        sum(module.complete(batch)[2].values()).backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, msg=name)
+    assert list(plain.state_dict()) == list(checkpointed.state_dict())  # checkpoints stay interchangeable
