@@ -4,8 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SYNTH := data/synth
+BODIES := data/synth_bodies
+HANDS := data/synth_hands
+BODY_MODELS := data/synth_body_models
+PRETRAINED := runs/pretrain_cpu_demo/checkpoints/last.ckpt
+CROCOMAN := HF_HUB_OFFLINE=1 $(BIN)/crocoman
 
-.PHONY: install pretrain test bench data clean
+.PHONY: install pretrain finetune finetune-hand finetune-gesture finetune-densepose test bench data clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +26,32 @@ $(SYNTH)/manifest.json: | $(INSTALLED)
 data: $(SYNTH)/manifest.json
 
 pretrain: $(INSTALLED) $(SYNTH)/manifest.json
-	$(BIN)/crocoman fit -c configs/pretrain/cpu_demo.yaml
+	$(CROCOMAN) fit -c configs/pretrain/cpu_demo.yaml
+
+# Fine-tuning demos start from the CPU pretraining checkpoint; it is made first if missing.
+$(PRETRAINED): | $(INSTALLED) $(SYNTH)/manifest.json
+	$(CROCOMAN) fit -c configs/pretrain/cpu_demo.yaml
+
+$(BODIES)/manifest.json: | $(INSTALLED)
+	$(BIN)/crocoman-data labelled --task body --out $(BODIES) --samples 2000 --val-samples 200 --size 128 --workers 2
+
+$(HANDS)/manifest.json: | $(INSTALLED)
+	$(BIN)/crocoman-data labelled --task hand --out $(HANDS) --samples 2000 --val-samples 200 --size 128 --workers 2
+
+$(BODY_MODELS)/smpl/SMPL_NEUTRAL.pkl: | $(INSTALLED)
+	$(BIN)/crocoman-data body-models --out $(BODY_MODELS)
+
+finetune: $(PRETRAINED) $(BODIES)/manifest.json $(BODY_MODELS)/smpl/SMPL_NEUTRAL.pkl
+	$(CROCOMAN) fit -c configs/finetune/body_mesh_smpl_cpu.yaml
+
+finetune-hand: $(PRETRAINED) $(HANDS)/manifest.json $(BODY_MODELS)/smpl/SMPL_NEUTRAL.pkl
+	$(CROCOMAN) fit -c configs/finetune/hand_mesh_mano_cpu.yaml
+
+finetune-gesture: $(PRETRAINED) $(HANDS)/manifest.json
+	$(CROCOMAN) fit -c configs/finetune/gesture_cpu.yaml
+
+finetune-densepose: $(PRETRAINED) $(BODIES)/manifest.json
+	$(CROCOMAN) fit -c configs/finetune/densepose_cpu.yaml
 
 test: $(INSTALLED)
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q

@@ -73,12 +73,15 @@ class CrocoTask(LightningModule):
         activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        # Objects (backbone, head, masking ...) are rebuilt from the run's config.yaml; keeping only
-        # plain values in the checkpoint lets it load with torch.load(weights_only=True).
+        # Objects (backbone, head, masking, body_model ...) are rebuilt from the run's config.yaml;
+        # keeping only plain values in the checkpoint lets it load with torch.load(weights_only=True),
+        # and keeps them out of the logged hyper-parameters, which Lightning merges with the
+        # DataModule's (a `body_model` object there would clash with the data's `body_model` name).
         self.save_hyperparameters(ignore=["backbone", "head"])
         plain = (int, float, str, bool, tuple, list, type(None))
         for name in [k for k, v in self.hparams.items() if not isinstance(v, plain)]:
             del self.hparams[name]
+            del self._hparams_initial[name]
         self.backbone = backbone
         self.head = head
         self.head.bind(backbone)

@@ -1,0 +1,153 @@
+"""A frozen SMPL / SMPL-X / MANO body model that poses rotation matrices, for heads and losses.
+
+It wraps smplx's ``*Layer`` models (what ``smplx.build_layer`` returns; HMR 2.0 uses them too):
+unlike the ``smplx.create`` models they take rotation matrices, which is what the heads regress
+(6D -> matrix), and they hold no pose or shape parameters of their own, so nothing here trains.
+
+The model's tensors are kept out of the module tree (``_apply`` still moves them with
+``.to(device)`` and dtype casts): so they are not in ``state_dict`` (checkpoints stay free of the
+user's licensed model data, and a run resumes with whichever model files are installed), and
+DDP does not broadcast the large blend-shape arrays as buffers on every step.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import smplx
+import torch
+from smplx.utils import Struct
+from torch import Tensor, nn
+
+from heads.rotations import axis_angle_to_matrix
+
+ModelType = Literal["smpl", "smplx", "mano"]
+
+POSE_JOINTS = {"smpl": 23, "smplx": 21, "mano": 15}  # rotations below the root (global orientation)
+POSE_NAME = {"smpl": "body_pose", "smplx": "body_pose", "mano": "hand_pose"}
+_WHERE = {"smpl": "https://smpl.is.tue.mpg.de", "smplx": "https://smpl-x.is.tue.mpg.de",
+          "mano": "https://mano.is.tue.mpg.de"}
+
+
+def model_file(model_type: str, model_path: str | Path, gender: str = "neutral") -> Path:
+    """The file ``smplx`` would load for ``model_type`` under the folder ``model_path``: npz first
+    (no pickle), then the official pkl; an error naming where to get it when neither is there."""
+    if model_type not in POSE_JOINTS:
+        raise ValueError(f"model_type must be one of {sorted(POSE_JOINTS)}, got {model_type!r}")
+    stem = "MANO_RIGHT" if model_type == "mano" else f"{model_type.upper()}_{gender.upper()}"
+    folder = Path(model_path) / model_type
+    candidates = [folder / f"{stem}.{ext}" for ext in ("npz", "pkl")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no {model_type.upper()} model file in {folder.resolve()}: looked for "
+        f"{' or '.join(c.name for c in candidates)} (model_path is the folder holding {model_type}/, as for "
+        f"smplx.create). The model is licensed: download it from {_WHERE[model_type]} (official .pkl files that "
+        f"hold chumpy arrays must be converted to plain-array .npz first), or write synthetic stand-ins for tests "
+        f"and demos with `crocoman-data body-models --out DIR`")
+
+
+class BodyModel(nn.Module):
+    """Frozen SMPL / SMPL-X / MANO: rotations and shape -> vertices and joints in the model frame.
+
+    Pose rotations are relative to each joint's parent; no translation is applied (heads predict a
+    camera instead, see ``heads.camera``). SMPL-X hands, jaw and eyes stay at rest (flat hands);
+    MANO is the right hand with flat-hand mean and no PCA, as our hand labels are.
+
+    Attributes:
+        num_pose_joints: rotations in ``pose`` (23 SMPL, 21 SMPL-X body, 15 MANO).
+        pose_name: the label key those rotations come from (``body_pose`` / ``hand_pose``).
+        num_vertices, num_joints: sizes of the outputs; joints are smplx's (e.g. SMPL: 24 skeleton
+            joints then 21 surface points).
+        faces: (F, 3) long triangle indices, on the model's device.
+        layer: the smplx ``*Layer`` module (``v_template``, ``J_regressor``, ``lbs_weights`` ...).
+
+    Args:
+        model_type: ``smpl``, ``smplx`` or ``mano``.
+        model_path: the folder holding ``<model_type>/<FILE>`` (as for ``smplx.create``).
+        gender: SMPL / SMPL-X file gender (``neutral``, ``male``, ``female``).
+        num_betas: shape coefficients used.
+    """
+
+    def __init__(self, model_type: ModelType, model_path: str, gender: str = "neutral", num_betas: int = 10) -> None:
+        super().__init__()
+        path = model_file(model_type, model_path, gender)
+        kwargs = {"gender": gender, "num_betas": num_betas, "ext": path.suffix[1:]}
+        if model_type == "smpl" and path.suffix == ".npz":  # smplx's SMPL reads only pickles: hand it the arrays
+            kwargs["data_struct"] = Struct(**np.load(path, allow_pickle=False))
+        if model_type != "smpl":
+            kwargs |= {"use_pca": False, "flat_hand_mean": True}
+        if model_type == "mano":
+            kwargs["is_rhand"] = True
+        layer = smplx.build_layer(str(model_path), model_type=model_type, **kwargs).requires_grad_(False)
+        # Outside _modules: neither in state_dict nor among the buffers DDP broadcasts (see _apply).
+        self.__dict__["layer"] = layer
+        self.model_type = model_type
+        self.num_betas = num_betas
+        self.num_pose_joints = POSE_JOINTS[model_type]
+        self.pose_name = POSE_NAME[model_type]
+        self.num_vertices = layer.v_template.shape[0]
+        with torch.no_grad():
+            self.num_joints = layer().joints.shape[1]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "BodyModel":
+        """Device moves and dtype casts reach the hidden smplx layer too."""
+        super()._apply(fn, recurse)
+        self.layer._apply(fn, recurse)
+        return self
+
+    @property
+    def faces(self) -> Tensor:
+        return self.layer.faces_tensor
+
+    def joint_regressor(self) -> Tensor:
+        """(num_joints, V): the weights that give ``forward``'s joints from its vertices, for
+        model-free heads. The model's J_regressor rows (exact at rest, where smplx regresses them,
+        and the usual approximation once posed), then the joints smplx reads off the surface:
+        one-hot rows for vertex joints (fingertips, toes ...) and, for SMPL-X, barycentric rows for
+        its face landmarks."""
+        layer = self.layer
+        rows = [layer.J_regressor]
+        if self.model_type != "mano":  # smplx's MANO layer adds no surface joints
+            rows.append(nn.functional.one_hot(layer.vertex_joint_selector.extra_joints_idxs, self.num_vertices))
+        if self.model_type == "smplx":
+            corners = layer.faces_tensor[layer.lmk_faces_idx]  # (L, 3)
+            rows.append(torch.zeros(len(corners), self.num_vertices, dtype=layer.lmk_bary_coords.dtype,
+                                    device=corners.device).scatter_add_(1, corners, layer.lmk_bary_coords))
+        regressor = torch.cat([row.to(layer.J_regressor.dtype) for row in rows])
+        if len(regressor) != self.num_joints:
+            raise NotImplementedError(f"{self.model_type}: smplx outputs {self.num_joints} joints, the regressor "
+                                      f"covers {len(regressor)} (use_face_contour is not supported)")
+        return regressor
+
+    def forward(self, global_orient: Tensor, pose: Tensor, betas: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 1, 3, 3), (B, P, 3, 3), (B, num_betas) -> vertices (B, V, 3), joints (B, J, 3), metres."""
+        if pose.shape[1:] != (self.num_pose_joints, 3, 3) or betas.shape[1:] != (self.num_betas,):
+            raise ValueError(f"{self.model_type} takes pose (B, {self.num_pose_joints}, 3, 3) and betas "
+                             f"(B, {self.num_betas}), got {tuple(pose.shape)} and {tuple(betas.shape)}")
+        dtype = self.layer.v_template.dtype
+        with torch.autocast(pose.device.type, enabled=False):  # mm-level outputs: no bf16 blend shapes
+            output = self.layer(global_orient=global_orient.to(dtype), betas=betas.to(dtype),
+                                **{self.pose_name: pose.to(dtype)})
+        return output.vertices, output.joints
+
+    def from_axis_angle(self, global_orient: Tensor, pose: Tensor, betas: Tensor) -> tuple[Tensor, Tensor]:
+        """Labels as stored in shards: (B, 3), (B, 3P) axis-angle and (B, num_betas) -> ``forward``.
+
+        SMPL-X takes the first 21 of SMPL's 23 body rotations (SMPL's last two are its hand joints).
+        """
+        if pose.shape[1:] != (3 * self.num_pose_joints,):
+            hint = " (SMPL labels: pass pose[:, :63])" if self.model_type == "smplx" else ""
+            raise ValueError(f"{self.model_type} takes {3 * self.num_pose_joints} axis-angle pose values, got "
+                             f"{tuple(pose.shape)}{hint}")
+        dtype = self.layer.v_template.dtype
+        with torch.autocast(pose.device.type, enabled=False):
+            rotations = axis_angle_to_matrix(pose.to(dtype).reshape(len(pose), -1, 3))
+            global_rotation = axis_angle_to_matrix(global_orient.to(dtype))[:, None]
+        return self(global_rotation, rotations, betas)
+
+    def extra_repr(self) -> str:
+        return (f"{self.model_type}, vertices={self.num_vertices}, joints={self.num_joints}, "
+                f"betas={self.num_betas}")

@@ -1,0 +1,208 @@
+"""Body and hand mesh recovery, model-based (SMPL / SMPL-X / MANO through smplx) or model-free.
+
+The head decides which: ``heads.ParametricHead`` regresses body-model parameters, which the
+module's ``body_model`` turns into vertices and joints; ``heads.VertexHead`` regresses the vertices
+itself. Everything after that (camera, losses, metrics, pictures, predictions) is shared, so
+bodies and hands, parametric or not, differ only in YAML.
+"""
+
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchvision.utils import make_grid
+
+from heads.body_model import BodyModel
+from heads.camera import weak_perspective_to_translation
+from heads.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from lightning_modules.finetune import FinetuneTask
+from lightning_modules.mesh_losses import (
+    keypoint_2d_loss,
+    keypoint_3d_loss,
+    masked_mean,
+    pose_prior,
+    project,
+    rotation_loss,
+    vertex_loss,
+)
+from lightning_modules.mesh_metrics import FScore, MeanPointError
+from lightning_modules.mesh_render import draw_keypoints, overlay_mesh
+from lightning_modules.visualize import log_picture
+
+
+class MeshRecoveryModule(FinetuneTask):
+    """Regress a body or hand mesh from a person crop.
+
+    Batches follow ``datamodules.MeshDataModule``: ``image``, ``K`` (intrinsics of the input
+    crop), ``keypoints_2d`` (B, J, 3), ``keypoints_3d`` (B, J, 4), ``global_orient``, ``body_pose``
+    or ``hand_pose`` (axis-angle), ``betas``, ``vertices`` and ``has`` flags (``keypoints_2d``,
+    ``keypoints_3d``, ``params``, ``vertices``). The predicted mesh is placed in the camera with the
+    head's weak-perspective camera and projected with the crop's own ``K``.
+
+    Logged: ``loss`` and its terms ``loss/<term>``; per validation/test epoch ``mpjpe``,
+    ``pa_mpjpe``, ``pve``, ``pa_pve`` in mm and the F-scores ``f@<t>mm`` (hands), plus a picture of
+    meshes over the first validation images (``val/meshes``).
+
+    Args:
+        body_model: ``heads.BodyModel`` (smpl / smplx / mano). Required with ``ParametricHead``;
+            with ``VertexHead`` optional: it then turns labelled parameters into target vertices.
+        num_joints: how many leading joints the model's and the labels' keypoint lists share (SMPL
+            labels: 24 for smpl, 22 for smplx, whose joint 22 is the jaw; MANO: 16). None: all
+            joints the labels have.
+        root_joint: the joint 3D errors are taken relative to (pelvis, wrist).
+        keypoints_2d_weight, keypoints_3d_weight, vertices_weight, params_weight, prior_weight:
+            loss weights; a term's samples are those whose ``has`` flag is set.
+        fscore_thresholds_mm: vertex F-scores to report (FreiHAND: 5 and 15).
+        pictures: how many validation samples the mesh picture shows.
+        **kwargs: ``freeze_encoder``, ``layer_decay`` of ``FinetuneTask``; backbone, head,
+            ``pretrained`` and optimiser arguments of ``CrocoTask``.
+    """
+
+    def __init__(self, *args, body_model: BodyModel | None = None, num_joints: int | None = None,
+                 root_joint: int = 0, keypoints_2d_weight: float = 1.0, keypoints_3d_weight: float = 1.0,
+                 vertices_weight: float = 1.0, params_weight: float = 0.1, prior_weight: float = 1e-3,
+                 fscore_thresholds_mm: tuple[float, ...] = (), pictures: int = 4, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.body_model = body_model
+
+    def configure_metrics(self) -> None:
+        joints = MetricCollection({"mpjpe": MeanPointError(root=self.hparams.root_joint),
+                                   "pa_mpjpe": MeanPointError(procrustes=True, root=self.hparams.root_joint)})
+        vertices = MetricCollection({"pve": MeanPointError(root=None), "pa_pve": MeanPointError(procrustes=True, root=None),
+                                     **{f"f@{t:g}mm": FScore(t) for t in self.hparams.fscore_thresholds_mm}})
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_joint_metrics", joints.clone(prefix=f"{stage}/"))
+            setattr(self, f"{stage}_vertex_metrics", vertices.clone(prefix=f"{stage}/"))
+
+    @property
+    def faces(self) -> Tensor:
+        """The mesh topology, for pictures: the body model's, or the model-free head's own."""
+        return self.body_model.faces if self.body_model is not None else self.head.faces
+
+    def forward(self, images: Tensor, K: Tensor) -> dict[str, Tensor]:
+        """Head outputs plus ``vertices``, ``joints`` (model frame), ``translation`` (B, 3) into the
+        camera and the projected ``keypoints_2d`` (B, J, 2) in pixels of the input."""
+        tokens, positions = self.backbone.encode(images)
+        out = dict(self.head(tokens, positions))
+        if "vertices" not in out:
+            if self.body_model is None:
+                raise ValueError(f"{type(self.head).__name__} regresses body-model parameters: give the module a "
+                                 f"body_model (heads.BodyModel with model_type and model_path)")
+            out["vertices"], out["joints"] = self.body_model(out["global_orient"], out["pose"], out["betas"])
+        out["translation"] = weak_perspective_to_translation(out["camera"], K[:, 0, 0], images.shape[-1])
+        out["keypoints_2d"] = project(out["joints"] + out["translation"][:, None], K)
+        return out
+
+    def targets(self, batch: dict) -> tuple[Tensor | None, Tensor | None]:
+        """Root-relative target vertices in the prediction's topology and which samples have them.
+
+        Labelled parameters go through the body model (so any labelled topology works and flipped
+        samples keep their vertices); samples without parameters use stored vertices when their
+        count matches.
+        """
+        has = batch["has"]
+        root = self.hparams.root_joint
+        stored = batch.get("vertices")
+        if self.body_model is None:
+            if stored is None:
+                return None, None
+            return stored - batch["keypoints_3d"][:, root:root + 1, :3], has["vertices"]
+        pose = batch[self.body_model.pose_name][:, :3 * self.body_model.num_pose_joints]
+        vertices, joints = self.body_model.from_axis_angle(batch["global_orient"], pose, batch["betas"])
+        vertices = vertices - joints[:, root:root + 1]
+        if stored is not None and stored.shape[1] == vertices.shape[1]:
+            from_labels = stored - batch["keypoints_3d"][:, root:root + 1, :3]
+            vertices = vertices.where(has["params"][:, None, None], from_labels)
+            return vertices, has["params"] | has["vertices"]
+        return vertices, has["params"]
+
+    def losses(self, out: dict[str, Tensor], batch: dict) -> dict[str, Tensor]:
+        hp, has = self.hparams, batch["has"]
+        joints = self.num_joints(out, batch)
+        root = hp.root_joint
+        terms = {
+            "keypoints_2d": hp.keypoints_2d_weight * masked_mean(
+                keypoint_2d_loss(out["keypoints_2d"][:, :joints], batch["keypoints_2d"][:, :joints],
+                                 batch["image"].shape[-1]), has["keypoints_2d"]),
+            "keypoints_3d": hp.keypoints_3d_weight * masked_mean(
+                keypoint_3d_loss(out["joints"][:, :joints], batch["keypoints_3d"][:, :joints], root),
+                has["keypoints_3d"]),
+        }
+        target_vertices, has_vertices = self.targets(batch)
+        if target_vertices is not None:
+            pred_vertices = out["vertices"] - out["joints"][:, root:root + 1]
+            terms["vertices"] = hp.vertices_weight * masked_mean(vertex_loss(pred_vertices, target_vertices),
+                                                                 has_vertices)
+        if "pose" in out:
+            pose_joints = out["pose"].shape[1]
+            pose = batch[self.body_model.pose_name][:, :3 * pose_joints].unflatten(1, (pose_joints, 3))
+            params = (rotation_loss(out["global_orient"], axis_angle_to_matrix(batch["global_orient"])[:, None])
+                      + rotation_loss(out["pose"], axis_angle_to_matrix(pose))
+                      + (out["betas"] - batch["betas"]).pow(2).mean(-1))
+            terms["params"] = hp.params_weight * masked_mean(params, has["params"])
+            terms["prior"] = hp.prior_weight * pose_prior(out["pose"], out["betas"]).mean()
+        return terms
+
+    def num_joints(self, out: dict[str, Tensor], batch: dict) -> int:
+        labelled = batch["keypoints_3d"].shape[1]
+        joints = self.hparams.num_joints or labelled
+        if joints > min(labelled, out["joints"].shape[1]):
+            raise ValueError(f"num_joints={joints}, but the labels have {labelled} keypoints and the model "
+                             f"{out['joints'].shape[1]} joints; set num_joints to the leading joints they share")
+        return joints
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        terms = self.losses(self(batch["image"], batch["K"]), batch)
+        loss = sum(terms.values())
+        size = len(batch["image"])
+        self.log("loss", loss, prog_bar=True, batch_size=size)
+        self.log_dict({f"loss/{name}": term for name, term in terms.items()}, batch_size=size)
+        return loss
+
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
+        out = self(batch["image"], batch["K"])
+        terms = self.losses(out, batch)
+        size = len(batch["image"])
+        self.log(f"{stage}/loss", sum(terms.values()), sync_dist=True, batch_size=size)
+        joints, root = self.num_joints(out, batch), self.hparams.root_joint
+        labelled = batch["has"]["keypoints_3d"]
+        if labelled.any():
+            getattr(self, f"{stage}_joint_metrics").update(out["joints"][labelled, :joints],
+                                                           batch["keypoints_3d"][labelled, :joints, :3])
+        target_vertices, has_vertices = self.targets(batch)
+        if target_vertices is not None and has_vertices.any():
+            pred_vertices = out["vertices"] - out["joints"][:, root:root + 1]
+            getattr(self, f"{stage}_vertex_metrics").update(pred_vertices[has_vertices], target_vertices[has_vertices])
+        self.log_dict(getattr(self, f"{stage}_joint_metrics"), batch_size=size)
+        self.log_dict(getattr(self, f"{stage}_vertex_metrics"), batch_size=size)
+        if stage == "val" and batch_idx == 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            log_picture(self.trainer, "val/meshes", self.picture(batch, out))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def picture(self, batch: dict, out: dict[str, Tensor]) -> Tensor:
+        """Per sample: labelled (green) and predicted (red) keypoints | predicted mesh over the image."""
+        tiles = []
+        for i in range(min(self.hparams.pictures, len(batch["image"]))):
+            image = batch["image"][i]
+            points = draw_keypoints(image, batch["keypoints_2d"][i], (40, 200, 40))
+            points = draw_keypoints(points, out["keypoints_2d"][i].float(), (230, 40, 40))
+            mesh = overlay_mesh(image, out["vertices"][i] + out["translation"][i], self.faces, batch["K"][i])
+            tiles += [points, mesh]
+        return make_grid(tiles, nrow=2, padding=2, pad_value=1.0)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Camera-frame vertices and joints, projected keypoints and, for parametric heads,
+        axis-angle parameters: what ``callbacks.MeshPredictionWriter`` writes per image."""
+        out = self(batch["image"], batch["K"])
+        prediction = {"key": batch["key"], "image": batch["image"], "K": batch["K"],
+                      "vertices": out["vertices"] + out["translation"][:, None],
+                      "joints": out["joints"] + out["translation"][:, None],
+                      "keypoints_2d": out["keypoints_2d"], "translation": out["translation"], "faces": self.faces}
+        if "pose" in out:
+            prediction |= {"global_orient": matrix_to_axis_angle(out["global_orient"][:, 0]),
+                           self.body_model.pose_name: matrix_to_axis_angle(out["pose"]).flatten(1),
+                           "betas": out["betas"]}
+        return prediction
