@@ -74,23 +74,32 @@ def _overlay(images: Tensor, colours: Tensor, where: Tensor, alpha: float = 0.7)
     return images * (1 - blend) + colours.permute(0, 3, 1, 2) * blend
 
 
-def densepose_picture(images: Tensor, parts: Tensor, uv: Tensor, iuv: Tensor, max_rows: int = 4) -> Tensor:
-    """One row per crop: image | parts GT, predicted | U GT, predicted | V GT, predicted, as a (3, H, W) grid.
+def _chart(values: Tensor) -> Tensor:
+    return CHART_COLOURS[(values.clamp(0, 1) * 255).round().long()]
+
+
+def _prediction_columns(images: Tensor, parts: Tensor, uv: Tensor) -> list[Tensor]:
+    """Predicted parts, U and V over the image, drawn wherever a part is predicted."""
+    predicted = parts > 0
+    return [_overlay(images, PART_COLOURS[parts], predicted),
+            *(_overlay(images, _chart(uv[:, axis]), predicted) for axis in range(2))]
+
+
+def densepose_picture(images: Tensor, parts: Tensor, uv: Tensor, iuv: Tensor | None = None,
+                      max_rows: int = 4) -> Tensor:
+    """One row per crop as a (3, H, W) grid: image | parts | U | V; with labels ``iuv``, each of the
+    three as ground truth, then prediction.
 
     Ground truth is drawn only where it is labelled foreground (sparse annotations show as points),
     predictions wherever a part is predicted.
     """
-    images, parts, uv, iuv = images[:max_rows].float().cpu(), parts[:max_rows].cpu(), uv[:max_rows].cpu(), \
-        iuv[:max_rows].cpu()
-    target, target_uv, _ = target_maps(iuv)
-    shown, predicted = target > 0, parts > 0
-
-    def chart(values: Tensor) -> Tensor:
-        return CHART_COLOURS[(values.clamp(0, 1) * 255).round().long()]
-
-    columns = [images, _overlay(images, PART_COLOURS[target], shown), _overlay(images, PART_COLOURS[parts], predicted)]
-    for axis in range(2):
-        columns += [_overlay(images, chart(target_uv[:, axis]), shown), _overlay(images, chart(uv[:, axis]), predicted)]
+    images, parts, uv = images[:max_rows].float().cpu(), parts[:max_rows].cpu(), uv[:max_rows].cpu()
+    predicted = _prediction_columns(images, parts, uv)
+    columns = [images, *predicted]
+    if iuv is not None:
+        target, target_uv, _ = target_maps(iuv[:max_rows].cpu())
+        truth = _prediction_columns(images, target, target_uv)
+        columns = [images, *(column for pair in zip(truth, predicted) for column in pair)]
     return make_grid(torch.stack(columns, dim=1).flatten(0, 1), nrow=len(columns), padding=2, pad_value=1.0)
 
 
@@ -197,6 +206,6 @@ class DensePoseModule(FinetuneTask):
         parts, uv = dense_prediction(outputs["part_logits"], outputs["u"], outputs["v"])
         iuv = torch.cat([parts[:, None].to(torch.uint8), (uv * 255).round().to(torch.uint8)], dim=1)
         confidence = outputs["part_logits"].float().softmax(dim=1).amax(dim=1)
-        return {"key": batch["key"], "parts": parts, "u": uv[:, 0], "v": uv[:, 1], "confidence": confidence,
-                "iuv": iuv}
+        return {"key": batch["key"], "image": batch["image"], "parts": parts, "u": uv[:, 0], "v": uv[:, 1],
+                "confidence": confidence, "iuv": iuv}
 

@@ -8,10 +8,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
 from torchvision.utils import save_image
 
+from lightning_modules.densepose import densepose_picture
 from lightning_modules.mesh_render import overlay_mesh
 
 
@@ -47,3 +50,30 @@ class MeshPredictionWriter(BasePredictionWriter):
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero:
             print(f"crocoman predict: meshes, parameters and overlays -> {self.output_dir}")
+
+
+class DensePosePredictionWriter(BasePredictionWriter):
+    """Writes ``<key>.png`` (image | parts | U | V over it) and ``<key>.iuv.png`` (part id, U, V
+    x 255: the layout of our shards' ``iuv.png``, so predictions can serve as pseudo-labels).
+
+    Args:
+        output_dir: where the files go (created).
+    """
+
+    def __init__(self, output_dir: str) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+
+    def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: dict, batch_indices,
+                           batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        uv = torch.stack([prediction["u"], prediction["v"]], dim=1)
+        for i, key in enumerate(prediction["key"]):
+            picture = densepose_picture(prediction["image"][i:i + 1], prediction["parts"][i:i + 1], uv[i:i + 1])
+            save_image(picture, self.output_dir / f"{key}.png")
+            iuv = prediction["iuv"][i].permute(1, 2, 0).cpu().numpy()
+            Image.fromarray(iuv).save(self.output_dir / f"{key}.iuv.png")
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(f"crocoman predict: DensePose maps -> {self.output_dir}")

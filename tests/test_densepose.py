@@ -5,9 +5,11 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning import Trainer, seed_everything
+from PIL import Image
 
 from backbone import CroCoNet
 from datamodules import LabelledDataModule
@@ -202,6 +204,17 @@ def test_gpu_config_runs_on_cpu_at_tiny_size_and_tests_its_checkpoint(body_shard
     run = tmp_path / "runs/densepose_vitb"
     main(["test", *arguments, f"--ckpt_path={run / 'checkpoints/last.ckpt'}", "--trainer.limit_test_batches=1"])
     assert list((run / "pictures").glob("test_densepose_*.png"))
+    # `crocoman predict` on plain images: part / U / V pictures and an iuv.png in the shards' layout
+    photos, out = tmp_path / "photos", tmp_path / "maps"
+    photos.mkdir()
+    Image.new("RGB", (48, 64), (90, 120, 150)).save(photos / "person.png")
+    main(["predict", *arguments, f"--ckpt_path={run / 'checkpoints/last.ckpt'}",
+          "--data=datamodules.ImageFolderDataModule", f"--data.paths={photos}", "--data.image_size=32",
+          "--data.num_workers=0", "--trainer.callbacks+=lightning_modules.predictions.DensePosePredictionWriter",
+          f"--trainer.callbacks.output_dir={out}"])
+    iuv = np.asarray(Image.open(out / "person.iuv.png"))
+    assert iuv.shape == (32, 32, 3) and iuv[..., 0].max() <= 24
+    assert Image.open(out / "person.png").size == (2 + 4 * (32 + 2), 2 + 32 + 2)  # image | parts | U | V
 
 
 def test_short_fit_beats_the_all_background_answer(body_shards, tmp_path):

@@ -1,11 +1,13 @@
 """`crocoman-data`: command-line entry to the data tools: `synth` renders synthetic pair shards,
 `labelled` labelled body or hand shards, `body-models` smplx-loadable model files of the same
-synthetic bodies."""
+synthetic bodies, `convert <dataset>` a public dataset's files into shards."""
 
 import argparse
+import importlib
 import os
 from pathlib import Path
 
+from tools.convert import CONVERTERS
 from tools.synth.bodymodel import write_body_models
 from tools.synth.labelled import TASKS, write_labelled_shards
 from tools.synth.shards import write_pair_shards
@@ -40,6 +42,23 @@ def _labelled(args: argparse.Namespace) -> None:
 
 def _body_models(args: argparse.Namespace) -> None:
     write_body_models(args.out)
+
+
+class _ConverterHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """A converter's docstring keeps its layout drawing; options show their defaults."""
+
+
+def _convert(args: argparse.Namespace) -> None:
+    """Parse the dataset's own options only now, so each converter imports only when it runs."""
+    # imports torch: only when converting
+    from tools.convert.common import add_common_arguments
+
+    converter = importlib.import_module(CONVERTERS[args.dataset])
+    parser = argparse.ArgumentParser(prog=f"crocoman-data convert {args.dataset}", description=converter.__doc__,
+                                     formatter_class=_ConverterHelp)
+    add_common_arguments(parser)
+    converter.add_arguments(parser)
+    converter.convert(parser.parse_args(args.options))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,6 +109,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     body_models.add_argument("--out", type=Path, required=True, help="root folder, as passed to smplx.create")
     body_models.set_defaults(run=_body_models)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a public dataset's files into pair or labelled shards (resumable, parallel)",
+        description="Convert a dataset as downloaded into shards, a manifest.json and, with --preview N, a "
+        "contact sheet. Options per dataset: crocoman-data convert <dataset> --help.",
+    )
+    convert.add_argument("dataset", choices=sorted(CONVERTERS))
+    convert.add_argument("options", nargs=argparse.REMAINDER, help="--root, --out and the dataset's options")
+    convert.set_defaults(run=_convert)
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -1,0 +1,310 @@
+"""3DPW -> labelled body shards (task "body", SMPL), one sample per actor and frame.
+
+Layout (https://virtualhumans.mpi-inf.mpg.de/3DPW): `imageFiles/<seq>/image_%05d.jpg` and
+`sequenceFiles/{train,validation,test}/<seq>.pkl` (Python 2 pickles: `genders`, `betas`,
+`poses` (frames, 72), `trans`, `jointPositions` (frames, 72), `poses2d` (frames, 3, 18),
+`cam_poses` (frames, 4, 4, world -> camera), `cam_intrinsics`, `campose_valid`). Splits become
+train / val / test. Unpickling runs code from the file, so it needs `--trust-pickle`.
+
+SMPL parameters are moved into the camera frame so that `smplx.create(dir, "smpl",
+gender=json.gender)(betas, global_orient, body_pose, transl)` gives camera-frame vertices: SMPL
+rotates about its rest root joint J0(betas), hence `transl = R (J0 + trans) + t - J0`. J0 is the
+model's when `--body-model-dir` is given (then `vertices` are stored too), else the dataset's own
+(`jointPositions` root minus `trans`: the posed root is J0 + trans). `keypoints_3d` are the 24
+SMPL joints in the camera, `keypoints_2d` their projection (confidence: in front of the camera and
+inside the image), both in SMPL order as the mesh losses expect; the dataset's OpenPose detections
+are kept as `keypoints_2d_detected` (COCO-18 order, `manifest.keypoints_detected`). Frames whose
+camera pose was not aligned (`campose_valid` 0) are skipped and counted.
+
+This module also holds what the labelled converters (FreiHAND, DensePose-COCO, HaGRID) share:
+the sample layout of `tools/synth/labelled.py`, the preview drawing and the body-model loader.
+"""
+
+import argparse
+import colorsys
+import io
+import json
+import pickle
+from dataclasses import dataclass
+from functools import cache, partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from tools.convert.common import (
+    SkipSample,
+    crop_person,
+    read_image,
+    rounded,
+    run_conversion,
+    square_crop_box,
+    transform_points,
+)
+from tools.synth.shards import jpeg_bytes
+from tools.synth.skeleton import JOINT_NAMES, axis_angle_to_matrix, matrix_to_axis_angle
+
+# ----------------------------------------------------------------------------- shared by the labelled converters
+
+HAS_FLAGS = ("keypoints_2d", "keypoints_3d", "smpl", "mano", "densepose", "gesture")
+# Where calibration is unknown (COCO, HaGRID) the crop's K is derived from a nominal camera: focal
+# length = the source image's diagonal (as CLIFF assumes), principal point at its centre.
+NOMINAL_INTRINSICS = "nominal: focal = source image diagonal, principal point = source image centre"
+
+
+def nominal_intrinsics(width: int, height: int) -> np.ndarray:
+    """The nominal 3x3 K of an uncalibrated `width` x `height` image (see `NOMINAL_INTRINSICS`)."""
+    focal_px = float(np.hypot(width, height))
+    return np.array([[focal_px, 0.0, (width - 1) / 2], [0.0, focal_px, (height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def crop_bbox(points: np.ndarray, size: int) -> list[float]:
+    """[x, y, w, h] of the confident (third column > 0) crop points, cut to the crop."""
+    visible = points[points[:, 2] > 0, :2]
+    if len(visible) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    low, high = np.clip(visible.min(0), 0, size), np.clip(visible.max(0), 0, size)
+    return rounded([*low, *(high - low)])
+
+
+def labelled_sample(key: str, crop: Image.Image, *, task: str, K: np.ndarray, bbox: list[float], has: set[str],
+                    subject: str, body_model: str, arrays: dict[str, np.ndarray] | None = None,
+                    files: dict[str, bytes] | None = None, record: dict | None = None) -> dict[str, bytes | str]:
+    """One labelled tar sample as `tools/synth/labelled.py` writes it: `jpg`, `json` {task, K (of
+    the crop), bbox, has (every flag of `HAS_FLAGS`), subject, body_model, plus `record`}, `npz`
+    float32 `arrays` when given, and `files` (iuv.png, cls)."""
+    unknown = has - set(HAS_FLAGS)
+    if unknown:
+        raise ValueError(f"labelled_sample: unknown has flags {sorted(unknown)}; known: {HAS_FLAGS}")
+    meta = {"task": task, "K": rounded(K), "bbox": bbox, "has": {flag: flag in has for flag in HAS_FLAGS},
+            "subject": subject, "body_model": body_model, **(record or {})}
+    sample: dict[str, bytes | str] = {"__key__": key, "jpg": jpeg_bytes(torch.from_numpy(np.array(crop))),
+                                      "json": json.dumps(meta, separators=(",", ":")).encode()}
+    if arrays:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{name: np.asarray(value, np.float32) for name, value in arrays.items()})
+        sample["npz"] = buffer.getvalue()
+    return sample | (files or {})
+
+
+# A colour per DensePose part (index 0: background), spread over the hue circle.
+_PART_COLOURS = [(0, 0, 0)] + [tuple(round(255 * c) for c in colorsys.hsv_to_rgb(part / 24, 0.8, 1.0))
+                               for part in range(24)]
+
+
+def draw_labelled(sample: dict, classes: list[str] | None = None) -> Image.Image:
+    """A labelled sample with its labels: DensePose points coloured by part (background darkened), 3D
+    keypoints projected with the crop's K (blue, under) and 2D keypoints (red: they must coincide),
+    the gesture's class name."""
+    image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+    meta = json.loads(sample["json"])
+    parts = None
+    if "iuv.png" in sample:
+        parts = np.asarray(Image.open(io.BytesIO(sample["iuv.png"])).convert("RGB"))[..., 0]
+        pixels = np.array(image)
+        pixels[parts == 0] //= 3
+        image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    if parts is not None:
+        for y, x in zip(*np.nonzero((parts > 0) & (parts <= 24))):
+            draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=_PART_COLOURS[parts[y, x]])
+    if "npz" in sample:
+        with np.load(io.BytesIO(sample["npz"])) as arrays:
+            if "keypoints_3d" in arrays.files:
+                points = arrays["keypoints_3d"][arrays["keypoints_3d"][:, 2] > 1e-6, :3].astype(np.float64)
+                projected = points @ np.asarray(meta["K"]).T
+                for x, y in projected[:, :2] / projected[:, 2:]:
+                    draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill="blue")
+            if "keypoints_2d" in arrays.files:
+                for x, y, confidence in arrays["keypoints_2d"]:
+                    if confidence > 0:
+                        draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill="red")
+    if "cls" in sample:
+        label = int(sample["cls"])
+        draw.text((2, 2), classes[label] if classes else str(label), fill="yellow")
+    return image
+
+
+def load_body_model(root: Path, model_type: str, gender: str = "neutral", **kwargs) -> torch.nn.Module:
+    """`smplx.create` (axis-angle poses and `transl`) on the file `heads.body_model.model_file`
+    finds: npz first, then the official pkl; when there is none its error says where to get one."""
+    import smplx  # only converters that pose a body model need it
+    from smplx.utils import Struct
+
+    from heads.body_model import model_file
+
+    path = model_file(model_type, root, gender)
+    if model_type == "smpl" and path.suffix == ".npz":  # smplx's SMPL reads only pickles: hand it the arrays
+        kwargs["data_struct"] = Struct(**np.load(path, allow_pickle=False))
+    return smplx.create(str(root), model_type=model_type, gender=gender, ext=path.suffix[1:], **kwargs)
+
+
+@cache
+def cached_body_model(root: str, model_type: str, gender: str = "neutral", **kwargs) -> torch.nn.Module:
+    """One model per worker process and gender (encoders run once per sample)."""
+    return load_body_model(Path(root), model_type, gender, **kwargs)
+
+
+# ----------------------------------------------------------------------------- 3DPW
+
+SPLITS = {"train": "train", "validation": "val", "test": "test"}  # 3DPW folder -> our split
+# OpenPose's COCO-18 order of `poses2d`.
+COCO18_NAMES = (
+    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
+    "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle", "right_eye", "left_eye",
+    "right_ear", "left_ear",
+)  # fmt: skip
+GENDERS = {"m": "male", "f": "female"}
+_REQUIRED_KEYS = ("sequence", "genders", "betas", "poses", "trans", "jointPositions", "poses2d", "cam_poses",
+                  "cam_intrinsics", "campose_valid")
+
+
+@dataclass(frozen=True)
+class ActorFrame:
+    """Everything one sample needs, as plain tuples (a stable repr fingerprints the shard)."""
+
+    key: str
+    image: Path
+    subject: str
+    gender: str
+    camera_valid: bool
+    K: tuple  # 3x3
+    cam_pose: tuple  # 4x4 world -> camera
+    poses: tuple  # 72 axis-angle: global orientation (world), 23 body joints
+    betas: tuple  # 10
+    trans: tuple  # 3, world
+    joints_world: tuple  # 24 x 3
+    detections: tuple  # 18 x 3 (x, y, confidence)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow unpickling 3DPW's sequence files (a pickle can run code: only for files you trust)")
+    parser.add_argument("--body-model-dir", type=Path,
+                        help="folder with smpl/SMPL_{MALE,FEMALE}.{npz,pkl} (smplx layout): also store vertices")
+    parser.add_argument("--splits", nargs="+", choices=sorted(SPLITS), default=sorted(SPLITS),
+                        help="3DPW splits to convert")
+    parser.add_argument("--frame-step", type=int, default=1, help="keep every N-th frame (3DPW runs at 30 fps)")
+    parser.add_argument("--size", type=int, default=256, help="crop side in pixels")
+    parser.add_argument("--margin", type=float, default=0.2, help="crop margin around the joints, per side")
+
+
+def load_sequence(path: Path) -> dict:
+    """A 3DPW sequence pickle (Python 2, latin-1 strings), checked for the keys we read."""
+    with path.open("rb") as file:
+        data = pickle.load(file, encoding="latin1")
+    missing = [key for key in _REQUIRED_KEYS if key not in data]
+    if missing:
+        raise ValueError(f"{path}: not a 3DPW sequence file, keys {missing} missing (has {sorted(data)})")
+    return data
+
+
+def sequence_frames(path: Path, root: Path, frame_step: int) -> list[ActorFrame]:
+    """One `ActorFrame` per actor and kept frame of a sequence file."""
+    data = load_sequence(path)
+    sequence = str(data["sequence"])
+    K = np.asarray(data["cam_intrinsics"], np.float64).tolist()
+    frames = []
+    for actor, gender in enumerate(data["genders"]):
+        betas = np.asarray(data["betas"][actor], np.float64).reshape(-1)[:10]
+        if len(betas) < 10:
+            raise ValueError(f"{path}: actor {actor} has {len(betas)} betas, SMPL needs 10")
+        poses, trans = np.asarray(data["poses"][actor]), np.asarray(data["trans"][actor])
+        joints, detections = np.asarray(data["jointPositions"][actor]), np.asarray(data["poses2d"][actor])
+        valid = np.asarray(data["campose_valid"][actor]).astype(bool)
+        lengths = {len(poses), len(trans), len(joints), len(detections), len(valid), len(data["cam_poses"])}
+        if len(lengths) != 1:
+            raise ValueError(f"{path}: actor {actor}'s poses, trans, jointPositions, poses2d, campose_valid and "
+                             f"cam_poses differ in length ({sorted(lengths)} frames)")
+        for frame in range(0, len(poses), frame_step):
+            frames.append(ActorFrame(
+                key=f"{sequence}_a{actor}_f{frame:05d}",
+                image=root / "imageFiles" / sequence / f"image_{frame:05d}.jpg",
+                subject=f"3dpw/{sequence}/{actor}", gender=GENDERS.get(gender, "neutral"),
+                camera_valid=bool(valid[frame]), K=tuple(map(tuple, K)),
+                cam_pose=tuple(map(tuple, np.asarray(data["cam_poses"][frame], np.float64).tolist())),
+                poses=tuple(poses[frame].tolist()), betas=tuple(betas.tolist()), trans=tuple(trans[frame].tolist()),
+                joints_world=tuple(map(tuple, joints[frame].reshape(24, 3).tolist())),
+                detections=tuple(map(tuple, detections[frame].T.tolist())),
+            ))  # fmt: skip
+    return frames
+
+
+def camera_frame_parameters(frame: ActorFrame, rest_root_m: np.ndarray) -> dict[str, np.ndarray]:
+    """global_orient and transl in the camera (see the module docstring), body_pose and betas."""
+    cam_pose = np.asarray(frame.cam_pose, np.float64)
+    rotation, translation = cam_pose[:3, :3], cam_pose[:3, 3]
+    poses = torch.tensor(frame.poses, dtype=torch.float64)
+    orient = matrix_to_axis_angle(torch.from_numpy(rotation) @ axis_angle_to_matrix(poses[:3])).numpy()
+    transl = rotation @ (rest_root_m + np.asarray(frame.trans)) + translation - rest_root_m
+    return {"global_orient": orient, "body_pose": poses[3:].numpy(), "betas": np.asarray(frame.betas),
+            "transl": transl}
+
+
+def encode_frame(frame: ActorFrame, size: int, margin: float, body_model_dir: str | None) -> dict:
+    """One actor in one frame -> a labelled body crop (see the module docstring)."""
+    if not frame.camera_valid:
+        raise SkipSample("camera pose not aligned", f"{frame.key}: campose_valid is 0")
+    joints_world = np.asarray(frame.joints_world, np.float64)
+    if body_model_dir is None:
+        rest_root_m = joints_world[0] - np.asarray(frame.trans)
+        params = camera_frame_parameters(frame, rest_root_m)
+        cam_pose = np.asarray(frame.cam_pose, np.float64)
+        keypoints_3d = joints_world @ cam_pose[:3, :3].T + cam_pose[:3, 3]
+        vertices = None
+    else:
+        model = cached_body_model(body_model_dir, "smpl", frame.gender)
+        with torch.no_grad():
+            rest_root_m = model(betas=torch.tensor([frame.betas], dtype=torch.float32)).joints[0, 0].double().numpy()
+            params = camera_frame_parameters(frame, rest_root_m)
+            output = model(**{name: torch.from_numpy(value).float()[None] for name, value in params.items()})
+        keypoints_3d, vertices = output.joints[0, :24].double().numpy(), output.vertices[0].numpy()
+    image = read_image(frame.image)
+    K = np.asarray(frame.K, np.float64)
+    projected = keypoints_3d @ K.T
+    in_front = projected[:, 2] > 1e-6
+    pixels = projected[:, :2] / np.where(in_front, projected[:, 2], 1.0)[:, None]
+    inside = in_front & (pixels >= -0.5).all(1) & (pixels < np.array(image.size) - 0.5).all(1)
+    keypoints_2d = np.concatenate([pixels, inside[:, None]], axis=1)
+    if inside.sum() < 4:
+        raise SkipSample("person outside the image", f"{frame.key}: {int(inside.sum())} of 24 joints in view")
+    box = square_crop_box(keypoints_2d, margin)
+    crop, affine = crop_person(image, box, size)
+    crop_keypoints = transform_points(affine, keypoints_2d)
+    arrays = {"keypoints_2d": crop_keypoints,
+              "keypoints_3d": np.concatenate([keypoints_3d, np.ones((24, 1))], axis=1),
+              **params, "keypoints_2d_detected": transform_points(affine, np.asarray(frame.detections))}
+    if vertices is not None:
+        arrays["vertices"] = vertices
+    return labelled_sample(frame.key, crop, task="body", K=affine @ K, bbox=crop_bbox(crop_keypoints, size),
+                           has={"keypoints_2d", "keypoints_3d", "smpl"}, subject=frame.subject, body_model="smpl",
+                           arrays=arrays, record={"gender": frame.gender})
+
+
+def convert(args: argparse.Namespace) -> dict:
+    """Every actor and kept frame of the chosen splits -> `args.out/{train,val,test}/3dpw-*.tar`."""
+    folder = args.root / "sequenceFiles"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} not found: --root must be the 3DPW folder holding imageFiles/ and "
+                                f"sequenceFiles/ (https://virtualhumans.mpi-inf.mpg.de/3DPW)")
+    if not args.trust_pickle:
+        raise PermissionError(f"3DPW's sequence files ({folder}/*/*.pkl) are pickles, and unpickling can run code: "
+                              f"pass --trust-pickle if they come from the official download")
+    if args.body_model_dir is not None:
+        for gender in GENDERS.values():  # fail now, not in every worker
+            load_body_model(args.body_model_dir, "smpl", gender)
+    splits = {}
+    for name in args.splits:
+        paths = sorted((folder / name).glob("*.pkl"))
+        if not paths:
+            raise FileNotFoundError(f"no sequence files in {folder / name}; choose the splits you have with --splits")
+        splits[SPLITS[name]] = [frame for path in paths for frame in sequence_frames(path, args.root, args.frame_step)]
+    body_model_dir = None if args.body_model_dir is None else str(args.body_model_dir)
+    encode = partial(encode_frame, size=args.size, margin=args.margin, body_model_dir=body_model_dir)
+    settings = {"size": args.size, "margin": args.margin, "frame_step": args.frame_step,
+                "vertices": body_model_dir is not None}
+    extra = {"task": "body", "body_model": "smpl", "keypoints": list(JOINT_NAMES),
+             "keypoints_detected": list(COCO18_NAMES)}
+    return run_conversion(args, "threedpw", splits, encode, shard_prefix="3dpw", draw=draw_labelled, extra=extra,
+                          settings=settings)
