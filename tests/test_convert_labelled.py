@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from datamodules import LabelledDataModule, MeshDataModule
 from tools.convert.densepose_coco import decode_rle, rle_counts
 from tools.convert.freihand import FROM_FREIHAND
-from tools.convert.threedpw import nominal_intrinsics
+from tools.convert.labelled import nominal_intrinsics
 from tools.synth.bodymodel import write_body_models
 from tools.synth.cli import main
 from tools.synth.hand import HAND_KEYPOINT_NAMES

@@ -31,7 +31,7 @@ from tools.convert.common import (
     square_crop_box,
     transform_points,
 )
-from tools.convert.threedpw import (
+from tools.convert.labelled import (
     NOMINAL_INTRINSICS,
     crop_bbox,
     draw_labelled,

@@ -34,7 +34,7 @@ from tools.convert.common import (
     square_crop_box,
     transform_points,
 )
-from tools.convert.threedpw import (
+from tools.convert.labelled import (
     cached_body_model,
     crop_bbox,
     draw_labelled,

@@ -1,0 +1,114 @@
+"""What the labelled converters (3DPW, FreiHAND, DensePose-COCO, HaGRID) share: the sample layout of
+`tools/synth/labelled.py`, nominal intrinsics for uncalibrated photos, the preview drawing and the
+body-model loader."""
+
+import colorsys
+import io
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from tools.convert.common import rounded
+from tools.synth.shards import jpeg_bytes
+
+HAS_FLAGS = ("keypoints_2d", "keypoints_3d", "smpl", "mano", "densepose", "gesture")
+# Where calibration is unknown (COCO, HaGRID) the crop's K is derived from a nominal camera: focal
+# length = the source image's diagonal (as CLIFF assumes), principal point at its centre.
+NOMINAL_INTRINSICS = "nominal: focal = source image diagonal, principal point = source image centre"
+
+
+def nominal_intrinsics(width: int, height: int) -> np.ndarray:
+    """The nominal 3x3 K of an uncalibrated `width` x `height` image (see `NOMINAL_INTRINSICS`)."""
+    focal_px = float(np.hypot(width, height))
+    return np.array([[focal_px, 0.0, (width - 1) / 2], [0.0, focal_px, (height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def crop_bbox(points: np.ndarray, size: int) -> list[float]:
+    """[x, y, w, h] of the confident (third column > 0) crop points, cut to the crop."""
+    visible = points[points[:, 2] > 0, :2]
+    if len(visible) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    low, high = np.clip(visible.min(0), 0, size), np.clip(visible.max(0), 0, size)
+    return rounded([*low, *(high - low)])
+
+
+def labelled_sample(key: str, crop: Image.Image, *, task: str, K: np.ndarray, bbox: list[float], has: set[str],
+                    subject: str, body_model: str, arrays: dict[str, np.ndarray] | None = None,
+                    files: dict[str, bytes] | None = None, record: dict | None = None) -> dict[str, bytes | str]:
+    """One labelled tar sample as `tools/synth/labelled.py` writes it: `jpg`, `json` {task, K (of
+    the crop), bbox, has (every flag of `HAS_FLAGS`), subject, body_model, plus `record`}, `npz`
+    float32 `arrays` when given, and `files` (iuv.png, cls)."""
+    unknown = has - set(HAS_FLAGS)
+    if unknown:
+        raise ValueError(f"labelled_sample: unknown has flags {sorted(unknown)}; known: {HAS_FLAGS}")
+    meta = {"task": task, "K": rounded(K), "bbox": bbox, "has": {flag: flag in has for flag in HAS_FLAGS},
+            "subject": subject, "body_model": body_model, **(record or {})}
+    sample: dict[str, bytes | str] = {"__key__": key, "jpg": jpeg_bytes(torch.from_numpy(np.array(crop))),
+                                      "json": json.dumps(meta, separators=(",", ":")).encode()}
+    if arrays:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{name: np.asarray(value, np.float32) for name, value in arrays.items()})
+        sample["npz"] = buffer.getvalue()
+    return sample | (files or {})
+
+
+# A colour per DensePose part (index 0: background), spread over the hue circle.
+_PART_COLOURS = [(0, 0, 0)] + [tuple(round(255 * c) for c in colorsys.hsv_to_rgb(part / 24, 0.8, 1.0))
+                               for part in range(24)]
+
+
+def draw_labelled(sample: dict, classes: list[str] | None = None) -> Image.Image:
+    """A labelled sample with its labels: DensePose points coloured by part (background darkened), 3D
+    keypoints projected with the crop's K (blue, under) and 2D keypoints (red: they must coincide),
+    the gesture's class name."""
+    image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+    meta = json.loads(sample["json"])
+    parts = None
+    if "iuv.png" in sample:
+        parts = np.asarray(Image.open(io.BytesIO(sample["iuv.png"])).convert("RGB"))[..., 0]
+        pixels = np.array(image)
+        pixels[parts == 0] //= 3
+        image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    if parts is not None:
+        for y, x in zip(*np.nonzero((parts > 0) & (parts <= 24))):
+            draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=_PART_COLOURS[parts[y, x]])
+    if "npz" in sample:
+        with np.load(io.BytesIO(sample["npz"])) as arrays:
+            if "keypoints_3d" in arrays.files:
+                points = arrays["keypoints_3d"][arrays["keypoints_3d"][:, 2] > 1e-6, :3].astype(np.float64)
+                projected = points @ np.asarray(meta["K"]).T
+                for x, y in projected[:, :2] / projected[:, 2:]:
+                    draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill="blue")
+            if "keypoints_2d" in arrays.files:
+                for x, y, confidence in arrays["keypoints_2d"]:
+                    if confidence > 0:
+                        draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill="red")
+    if "cls" in sample:
+        label = int(sample["cls"])
+        draw.text((2, 2), classes[label] if classes else str(label), fill="yellow")
+    return image
+
+
+def load_body_model(root: Path, model_type: str, gender: str = "neutral", **kwargs) -> torch.nn.Module:
+    """`smplx.create` (axis-angle poses and `transl`) on the file `heads.body_model.model_file`
+    finds: npz first, then the official pkl; when there is none its error says where to get one."""
+    import smplx  # only converters that pose a body model need it
+    from smplx.utils import Struct
+
+    from heads.body_model import model_file
+
+    path = model_file(model_type, root, gender)
+    if model_type == "smpl" and path.suffix == ".npz":  # smplx's SMPL reads only pickles: hand it the arrays
+        kwargs["data_struct"] = Struct(**np.load(path, allow_pickle=False))
+    return smplx.create(str(root), model_type=model_type, gender=gender, ext=path.suffix[1:], **kwargs)
+
+
+@cache
+def cached_body_model(root: str, model_type: str, gender: str = "neutral", **kwargs) -> torch.nn.Module:
+    """One model per worker process and gender (encoders run once per sample)."""
+    return load_body_model(Path(root), model_type, gender, **kwargs)
