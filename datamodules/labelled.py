@@ -38,24 +38,27 @@ def crop_affine(box: Box, size: int) -> Tensor:
                         dtype=torch.float64)
 
 
-def manifest_classes(spec: str | list[str]) -> list[str] | None:
-    """``classes`` of the manifest.json in the shards' folder or the one above (where synth tools write it)."""
-    if isinstance(spec, (list, tuple)):
-        found = [(item, manifest_classes(item)) for item in spec]
-        distinct = {tuple(classes) for _, classes in found if classes is not None}
-        if len(distinct) > 1:
-            raise ValueError(f"the shard sources' manifests disagree on the class list: {found}; give the "
-                             f"DataModule's `classes` argument explicitly")
-        return list(distinct.pop()) if distinct else None
-    first = expand_shards(spec)[0]
+def find_manifest(spec: str | list[str]) -> dict:
+    """The manifest.json next to the first shards of ``spec`` or one folder up (where the synth tools
+    and converters write it), or {} for remote shards and shards without one."""
+    first = expand_shards(spec[0] if isinstance(spec, (list, tuple)) else spec)[0]
     if first.startswith("pipe:") or "://" in first:
-        return None
+        return {}
     for folder in Path(first).parent, Path(first).parent.parent:
-        manifest = folder / "manifest.json"
-        if manifest.is_file():
-            classes = json.loads(manifest.read_text()).get("classes")
-            return list(classes) if classes else None
-    return None
+        if (folder / "manifest.json").is_file():
+            return json.loads((folder / "manifest.json").read_text())
+    return {}
+
+
+def manifest_classes(spec: str | list[str]) -> list[str] | None:
+    """``classes`` of the manifests of every source in ``spec``; sources that disagree are an error."""
+    entries = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    found = [(entry, find_manifest(entry).get("classes")) for entry in entries]
+    distinct = {tuple(classes) for _, classes in found if classes}
+    if len(distinct) > 1:
+        raise ValueError(f"the shard sources' manifests disagree on the class list: {found}; give the "
+                         f"DataModule's `classes` argument explicitly")
+    return list(distinct.pop()) if distinct else None
 
 
 class LabelledSample:

@@ -22,7 +22,6 @@ import math
 import tarfile
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import smplx
@@ -40,7 +39,7 @@ from datamodules.hmr_tars import (
     load_people,
     refuse_untrusted,
 )
-from datamodules.labelled import LabelledDataModule, crop_affine
+from datamodules.labelled import LabelledDataModule, crop_affine, find_manifest
 from datamodules.mirror import (
     BODY_POSE_JOINTS,
     SMPL_JOINT_NAMES,
@@ -86,17 +85,6 @@ EXTREME_CROPS = {
               1.2),
 }
 _MIN_CROP_PX = 4.0
-
-
-def find_manifest(spec: str | list[str]) -> dict:
-    """The manifest.json next to the first shards of ``spec`` or one folder up, or {} (remote shards, none written)."""
-    first = expand_shards(spec[0] if isinstance(spec, (list, tuple)) else spec)[0]
-    if first.startswith("pipe:") or "://" in first:
-        return {}
-    for folder in Path(first).parent, Path(first).parent.parent:
-        if (folder / "manifest.json").is_file():
-            return json.loads((folder / "manifest.json").read_text())
-    return {}
 
 
 def detect_source_format(spec: str | list[str]) -> str:

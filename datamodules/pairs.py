@@ -4,6 +4,11 @@ A pair shard sample is a group: frames of one person from several cameras and ti
 (``shared/design.md``). Each time a group is read, a fresh pair is drawn: a cross-view pair
 (same time, two cameras) or a cross-pose pair (same camera, two times), so every epoch sees new
 pairs from the same shards.
+
+``single_image=True`` turns the pairs into single-image masked autoencoding (MAE), the baseline
+of the pretraining study: image 2 is a blank image. "Image 2 = image 1" would hand the decoder the
+hidden patches through its cross-attention, a copying task; a blank image 2 keeps the network,
+its FLOPs and the image-1 distribution identical to the pair arms while carrying no information.
 """
 
 import io
@@ -72,8 +77,9 @@ class PairSampler:
 
     def __init__(self, image_size: int, cross_view_ratio: float, time_gap: tuple[int, int], augment: bool,
                  independent_augmentation: bool, crop_scale: tuple[float, float], color_jitter: float,
-                 deterministic: bool) -> None:
+                 deterministic: bool, single_image: bool = False) -> None:
         self.cross_view_ratio = cross_view_ratio
+        self.single_image = single_image
         self.time_gap = time_gap
         self.independent_augmentation = independent_augmentation
         self.deterministic = deterministic
@@ -99,6 +105,8 @@ class PairSampler:
             image2 = self.transform(image2)
         else:  # one call draws one set of random parameters for everything passed
             image1, person1, image2 = self.transform(image1, person1, image2)
+        if self.single_image:  # MAE: image 1 is drawn as in the pair arms, image 2 tells nothing about it
+            image2 = torch.zeros_like(image2)
         return {"image1": image1.as_subclass(Tensor), "image2": image2.as_subclass(Tensor),
                 "person1": person1.as_subclass(Tensor).float(), "pair_type": torch.tensor(pair_type),
                 "key": sample["__key__"]}
@@ -125,6 +133,9 @@ class PairDataModule(ShardDataModule):
             recipe) rather than once for both.
         crop_scale: area range of the random crops.
         color_jitter: strength of brightness/contrast/saturation jitter (hue gets a quarter).
+        single_image: masked autoencoding of image 1 alone (MAE baseline): image 2 is blank, so the
+            decoder's cross-attention carries nothing about the hidden patches; the loss is logged
+            under the pair type image 1 was drawn with.
     """
 
     def __init__(
@@ -144,6 +155,7 @@ class PairDataModule(ShardDataModule):
         independent_augmentation: bool = True,
         crop_scale: tuple[float, float] = (0.6, 1.0),
         color_jitter: float = 0.4,
+        single_image: bool = False,
     ) -> None:
         super().__init__(batch_size)
         self.save_hyperparameters()
@@ -152,7 +164,7 @@ class PairDataModule(ShardDataModule):
         hp = self.hparams
         return PairSampler(hp.image_size, hp.cross_view_ratio, tuple(hp.time_gap), augment=train and hp.augment,
                            independent_augmentation=hp.independent_augmentation, crop_scale=hp.crop_scale,
-                           color_jitter=hp.color_jitter, deterministic=not train)
+                           color_jitter=hp.color_jitter, deterministic=not train, single_image=hp.single_image)
 
     def samples_per_epoch(self) -> int:
         return self.hparams.epoch_pairs
