@@ -41,17 +41,23 @@ $(HANDS)/manifest.json: | $(INSTALLED)
 $(BODY_MODELS)/smpl/SMPL_NEUTRAL.pkl: | $(INSTALLED)
 	$(BIN)/crocoman-data body-models --out $(BODY_MODELS)
 
+# Validate first (the metrics at initialisation: pretrained encoder, fresh head), then fine-tune.
+define validate_then_fit
+	$(CROCOMAN) validate -c $(1)
+	$(CROCOMAN) fit -c $(1)
+endef
+
 finetune: $(PRETRAINED) $(BODIES)/manifest.json $(BODY_MODELS)/smpl/SMPL_NEUTRAL.pkl
-	$(CROCOMAN) fit -c configs/finetune/body_mesh_smpl_cpu.yaml
+	$(call validate_then_fit,configs/finetune/body_mesh_smpl_cpu.yaml)
 
 finetune-hand: $(PRETRAINED) $(HANDS)/manifest.json $(BODY_MODELS)/smpl/SMPL_NEUTRAL.pkl
-	$(CROCOMAN) fit -c configs/finetune/hand_mesh_mano_cpu.yaml
+	$(call validate_then_fit,configs/finetune/hand_mesh_mano_cpu.yaml)
 
 finetune-gesture: $(PRETRAINED) $(HANDS)/manifest.json
-	$(CROCOMAN) fit -c configs/finetune/gesture_cpu.yaml
+	$(call validate_then_fit,configs/finetune/gesture_cpu.yaml)
 
 finetune-densepose: $(PRETRAINED) $(BODIES)/manifest.json
-	$(CROCOMAN) fit -c configs/finetune/densepose_cpu.yaml
+	$(call validate_then_fit,configs/finetune/densepose_cpu.yaml)
 
 test: $(INSTALLED)
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q

@@ -6,7 +6,7 @@ import torch
 from lightning import LightningDataModule
 
 from datamodules.health import SKIP_KINDS, pop_skips
-from datamodules.shards import eval_loader, expand_shards, shard_sources, train_loader
+from datamodules.shards import StreamSeeds, eval_loader, expand_shards, shard_sources, train_loader
 
 
 class ShardDataModule(LightningDataModule):
@@ -48,7 +48,17 @@ class ShardDataModule(LightningDataModule):
                              f"({self.batch_size} x {self.world_size()} ranks)")
         return train_loader(shard_sources(hp.train_shards, hp.train_weights), hp.train_weights,
                             self._sampler(train=True), self.batch_size, hp.num_workers, batches_per_rank,
-                            hp.shuffle_buffer)
+                            hp.shuffle_buffer, self.stream_seeds())
+
+    def stream_seeds(self) -> StreamSeeds:
+        """Seeds for the training stream at the epoch (and batch) the trainer starts from, restored
+        ones included, so a resumed run continues the data stream instead of replaying it."""
+        trainer = self.trainer
+        if trainer is None:
+            return StreamSeeds(torch.initial_seed(), epoch=0, skip_batches=0)
+        epoch_loop = trainer.fit_loop.epoch_loop
+        return StreamSeeds(torch.initial_seed(), epoch=trainer.current_epoch,
+                           skip_batches=epoch_loop.batch_progress.current.processed)
 
     def _eval_loader(self, shards: str | list[str] | None) -> torch.utils.data.DataLoader | list:
         if shards is None:

@@ -1,9 +1,14 @@
 """Finding shards, and the WebDataset loaders every crocoman DataModule builds on."""
 
+import random
+import zlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import braceexpand
+import numpy as np
+import torch
 import webdataset as wds
 from torch.utils.data import default_collate
 
@@ -38,26 +43,100 @@ def shard_sources(spec: str | list[str], weights: list[float] | None) -> list[li
     return [expand_shards(entry) for entry in entries]
 
 
+class StreamSeeds:
+    """The training stream's randomness as a function of (seed, epoch, rank, worker) alone.
+
+    Shard resampling, source mixing, the shuffle buffer and each worker's torch / Python / NumPy
+    generators (which drive augmentation) are all seeded from here, per epoch. Together with fresh
+    workers every epoch, a run resumed at epoch ``e`` reads exactly the samples an uninterrupted
+    run reads in epoch ``e``; ``skip_batches`` drops those a mid-epoch checkpoint had already
+    trained on. (With ``num_workers=0`` augmentation runs on the main process's generators, so
+    only the choice and order of samples are reproduced.)
+    """
+
+    def __init__(self, seed: int, epoch: int, skip_batches: int) -> None:
+        self.seed, self.epoch = seed, epoch
+        self.resumed_epoch, self.skip_batches = epoch, skip_batches
+
+    def value(self, stage: str) -> int:
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        return zlib.crc32(f"{self.seed}/{self.epoch}/{rank}/{worker}/{stage}".encode())
+
+    def seed_worker(self, worker_id: int) -> None:
+        """DataLoader ``worker_init_fn``: augmentation generators from the same (seed, epoch, rank, worker)."""
+        value = self.value("augment")
+        torch.manual_seed(value)
+        random.seed(value)
+        np.random.seed(value)
+
+    def batches_to_skip(self) -> int:
+        """This worker's share of the batches a mid-epoch checkpoint had already used (workers take turns)."""
+        if self.epoch != self.resumed_epoch or self.skip_batches == 0:
+            return 0
+        _, _, worker, num_workers = wds.utils.pytorch_worker_info()
+        workers = max(1, num_workers)
+        return max(0, (self.skip_batches - worker + workers - 1) // workers)
+
+
+def _mixed(sources: list, weights: list[float], seeds: StreamSeeds):
+    """Samples from source ``i`` with probability ``weights[i] / sum(weights)``, whatever their sizes."""
+    rng = random.Random(seeds.value("mix"))
+    streams = [iter(source) for source in sources]
+    while True:
+        yield next(rng.choices(streams, weights)[0])
+
+
+def _shuffled(samples, buffer_size: int, seeds: StreamSeeds):
+    yield from wds.filters._shuffle(samples, buffer_size, rng=random.Random(seeds.value("shuffle")))
+
+
+def _skip_resumed(batches, seeds: StreamSeeds):
+    skip = seeds.batches_to_skip()
+    for index, batch in enumerate(batches):
+        if index >= skip:
+            yield batch
+
+
+class EpochLoader(wds.WebLoader):
+    """A WebLoader that tells its stream which epoch it is starting (see ``StreamSeeds``)."""
+
+    def __init__(self, dataset: wds.DataPipeline, seeds: StreamSeeds, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.seeds = seeds
+        self.next_epoch = seeds.epoch
+
+    def __iter__(self):
+        self.seeds.epoch = self.next_epoch  # read by the workers, which start afresh each epoch
+        self.next_epoch += 1
+        yield from super().__iter__()
+
+
 def train_loader(sources: list[list[str]], weights: list[float] | None, to_sample: Callable[[dict], dict],
-                 batch_size: int, num_workers: int, batches_per_rank: int, shuffle_buffer: int) -> wds.WebLoader:
+                 batch_size: int, num_workers: int, batches_per_rank: int, shuffle_buffer: int,
+                 seeds: StreamSeeds) -> wds.WebLoader:
     """Infinite resampled stream, mixed over sources, cut into epochs of exactly ``batches_per_rank`` full batches.
 
     Resampling (shards drawn with replacement per worker) means every rank and worker always
     has data, so all ranks run the same number of steps and DDP never waits on a short rank.
     Each source is its own stream; with several, every sample comes from source i with
-    probability ``weights[i] / sum(weights)`` whatever the sources' sizes.
+    probability ``weights[i] / sum(weights)`` whatever the sources' sizes. Workers are not kept
+    between epochs, so each epoch starts from its own seeds (``StreamSeeds``).
     """
     skips = SkipCounter()
-    streams = [wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=wds.split_by_node,
-                              handler=skips.shard_error) for urls in sources]
+    streams = [wds.DataPipeline(wds.ResampledShards(urls, deterministic=True,
+                                                    worker_seed=partial(seeds.value, f"shards{index}")),
+                                wds.tarfile_to_samples(handler=skips.shard_error))
+               for index, urls in enumerate(sources)]
     dataset = wds.DataPipeline(
-        streams[0] if len(streams) == 1 else wds.RandomMix(streams, weights),
-        wds.shuffle(shuffle_buffer),
+        streams[0] if len(streams) == 1 else partial(_mixed, streams, weights, seeds),
+        partial(_shuffled, buffer_size=shuffle_buffer, seeds=seeds),
         wds.map(to_sample, handler=skips.sample_error),
         wds.batched(batch_size, collation_fn=default_collate, partial=False),
+        partial(_skip_resumed, seeds=seeds),
         wds.map(skips.attach),
     )
-    loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
+    loader = EpochLoader(dataset, seeds, batch_size=None, num_workers=num_workers,
+                         worker_init_fn=seeds.seed_worker if num_workers > 0 else None)
     # with_epoch cuts the stream; the length only lets Lightning show progress and count steps.
     return loader.with_epoch(batches_per_rank).with_length(batches_per_rank, silent=True)
 

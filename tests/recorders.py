@@ -39,6 +39,17 @@ class BatchRecorder(Callback):
                                    "blocks_checkpointed": checkpointed}))
 
 
+class TrainStream(Callback):
+    """Appends, per training batch, the step, the sample keys and a checksum of the pixels to
+    ``CROCOMAN_RECORD_DIR/stream-rank<r>.jsonl``: line by line, so a killed run leaves its record."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        record = {"step": trainer.global_step, "keys": list(batch["key"]), "pixels": float(batch["image1"].sum())}
+        path = Path(os.environ["CROCOMAN_RECORD_DIR"], f"stream-rank{trainer.global_rank}.jsonl")
+        with path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+
 class KillAtStep(Callback):
     """SIGKILLs its own process after optimizer step ``step``: a node lost mid-epoch, no clean-up."""
 

@@ -1,6 +1,7 @@
 """A killed run continues with `--ckpt_path last`, and a crash during a save never corrupts it."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -18,13 +19,15 @@ from tests.test_cli import TINY_MODEL, data_args
 
 
 def write_config(path: Path, kill_at: int | None) -> Path:
-    """The demo config with a last.ckpt every 5 steps, a CSV logger and, optionally, a SIGKILL."""
+    """The demo config with a last.ckpt every 5 steps, a CSV logger, a record of the data stream
+    and, optionally, a SIGKILL."""
     config = yaml.safe_load((REPO / "configs/pretrain/cpu_demo.yaml").read_text())
     config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}
     config["trainer"]["callbacks"] = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": "checkpoints", "every_n_train_steps": 5, "save_top_k": 0, "save_last": True}},
         {"class_path": "lightning_modules.callbacks.RunSummary"},
+        {"class_path": "tests.recorders.TrainStream"},
     ] + ([{"class_path": "tests.recorders.KillAtStep", "init_args": {"step": kill_at}}] if kill_at else [])
     path.write_text(yaml.safe_dump(config))
     return path
@@ -36,20 +39,40 @@ def logged_losses(root: Path, version: int) -> dict[int, float]:
         return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")}
 
 
+def streamed(workdir: Path) -> dict[int, dict]:
+    """The training batches a run read, by step (``tests.recorders.TrainStream``)."""
+    lines = (workdir / "stream-rank0.jsonl").read_text().splitlines()
+    return {record["step"]: record for record in map(json.loads, lines)}
+
+
 @pytest.fixture(scope="module")
 def killed_then_resumed(pair_shards, tmp_path_factory):
+    """A run killed after step 12 and resumed from its step-10 checkpoint, and the same run uninterrupted."""
     root = tmp_path_factory.mktemp("resume")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    common = [*TINY_MODEL, *data_args(pair_shards, 64, 4), "--data.epoch_pairs=400",
+    common = [*TINY_MODEL, *data_args(pair_shards, 64, 4), "--data.epoch_pairs=400", "--data.num_workers=1",
               "--model.init_args.lr_reference_batch=4", "--trainer.log_every_n_steps=1", "--trainer.max_steps=20"]
 
-    def run(config: Path, *extra: str) -> subprocess.CompletedProcess:
+    def run(records: Path, config: Path, *extra: str, cwd: Path = root) -> subprocess.CompletedProcess:
+        records.mkdir(exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "CROCOMAN_RECORD_DIR": str(records)}
         return subprocess.run([sys.executable, "-m", "tools.main", "fit", "-c", str(config), *common, *extra],
-                              cwd=root, env=env, capture_output=True, text=True, timeout=300)
+                              cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
-    killed = run(write_config(root / "killed.yaml", kill_at=12))
-    resumed = run(write_config(root / "resume.yaml", kill_at=None), "--ckpt_path=last")
+    killed = run(root / "killed", write_config(root / "killed.yaml", kill_at=12))
+    resumed = run(root / "resumed", write_config(root / "resume.yaml", kill_at=None), "--ckpt_path=last")
+    run(root / "uninterrupted", write_config(root / "uninterrupted.yaml", kill_at=None), cwd=root / "uninterrupted")
     return root, killed, resumed
+
+
+def test_resumed_run_reads_the_data_an_uninterrupted_run_reads(killed_then_resumed):
+    """Same samples, same order, same augmentation: the stream continues mid-epoch, no replay."""
+    root = killed_then_resumed[0]
+    killed, resumed, reference = (streamed(root / name) for name in ("killed", "resumed", "uninterrupted"))
+    assert sorted(killed) == list(range(1, 13)) and sorted(resumed) == list(range(11, 21))
+    for step, record in [*killed.items(), *resumed.items()]:
+        assert record["keys"] == reference[step]["keys"], step
+        assert record["pixels"] == pytest.approx(reference[step]["pixels"], rel=1e-6), step
+    assert reference[11]["keys"] != reference[1]["keys"]  # the stream moves on within the epoch
 
 
 def test_killed_run_resumes_from_last_checkpoint(killed_then_resumed):
