@@ -77,7 +77,7 @@ class CrocoTask(LightningModule):
         # keeping only plain values in the checkpoint lets it load with torch.load(weights_only=True),
         # and keeps them out of the logged hyper-parameters, which Lightning merges with the
         # DataModule's (a `body_model` object there would clash with the data's `body_model` name).
-        self.save_hyperparameters(ignore=["backbone", "head"])
+        self.save_hyperparameters(ignore=["backbone", "head", "body_model", "masking"])
         plain = (int, float, str, bool, tuple, list, type(None))
         for name in [k for k, v in self.hparams.items() if not isinstance(v, plain)]:
             del self.hparams[name]
@@ -136,7 +136,10 @@ class CrocoTask(LightningModule):
         lr = self.hparams.lr * self.global_batch_size() / self.hparams.lr_reference_batch
         # A group's ``lr_scale`` (layer-wise LR decay) scales its own peak.
         groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in self.param_groups()]
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.hparams.betas, fused=self.device.type == "cuda")
+        # Fused AdamW unscales gradients inside its step, so Lightning refuses it with gradient
+        # clipping under mixed precision (measured on an H200); the multi-tensor path serves then.
+        fused = self.device.type == "cuda" and not self.trainer.gradient_clip_val
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.hparams.betas, fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = max(0, min(self.hparams.warmup_steps, total - 1))
         schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -1,7 +1,10 @@
 """crocoman-bench end to end on CPU, and the analytic FLOP count against torch's counter."""
 
 import json
+import math
+import multiprocessing
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,12 +13,38 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbone import CroCoNet, RandomMasking
-from heads import CompletionHead
+from datamodules.mesh import BODY_MODELS, HAS_KEYS
+from heads import BodyModel, CompletionHead
+from heads.dense import NUM_PARTS
 from tools import bench
 from tools.flops import CroCoDims, pretrain_step_flops
+from tools.synth.bodymodel import write_body_models
 
 TINY = {"img_size": 64, "embed_dim": 64, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 2,
         "decoder_num_heads": 2}
+# Every fine-tuning config at tiny size: the backbone and data above, each head small in its own arguments.
+TINY_FINETUNE = {**{f"model.init_args.backbone.init_args.{key}": value for key, value in TINY.items()},
+                 "model.init_args.backbone.init_args.img_size": 32, "data.init_args.image_size": 32,
+                 "data.init_args.batch_size": 2}
+TINY_MESH_HEAD = {"dim": 32, "depth": 1, "num_heads": 2}
+TINY_HEADS = {"gesture": {}, "body_mesh_smpl": TINY_MESH_HEAD, "body_mesh_model_free": TINY_MESH_HEAD,
+              "hand_mesh_mano": TINY_MESH_HEAD, "densepose": {"features": 16}}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These are smoke runs of the timing code on a shared machine, where a second thread only contends."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def body_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("body_models")
+    write_body_models(root, ("smpl", "mano"))
+    return root
 
 
 def counted_train_step_flops(config: dict, batch_size: int, mask_ratio: float) -> int:
@@ -69,7 +98,7 @@ def test_peak_table():
 
 def test_bench_on_cpu_writes_the_result_file(tmp_path, pair_shards):
     report = bench.main(["--out", str(tmp_path), "--steps", "1", "--warmup", "1", "--device", "cpu",
-                         "--shards", str(pair_shards / "train")])
+                         "--shards", str(pair_shards / "train"), "--finetune", "gesture"])
     files = list(tmp_path.glob("*.json"))
     assert [f.name for f in files] == [f"{report['device']['slug']}.json"]
     assert files[0].name.startswith("cpu-") and files[0].name.endswith("cores.json")
@@ -81,7 +110,7 @@ def test_bench_on_cpu_writes_the_result_file(tmp_path, pair_shards):
     demo = saved["cases"]["cpu_demo_train"]
     assert demo["settings"]["batch_size"] == 32 and demo["settings"]["backbone"]["embed_dim"] == 192
     assert demo["results"]["pairs_per_s"] > 0 and demo["results"]["model_flops_per_step"] > 0
-    assert demo["results"]["peak_memory_mib"] >= 0 and "ru_maxrss" in demo["results"]["memory_measure"]
+    assert demo["results"]["peak_memory_mib"] > 0 and "RSS" in demo["results"]["memory_measure"]
     assert demo["results"]["mfu"] is None and demo["results"]["mfu_reason"]
 
     assert "CUDA" in saved["cases"]["vit_pretrain"]["skipped"]
@@ -94,6 +123,17 @@ def test_bench_on_cpu_writes_the_result_file(tmp_path, pair_shards):
     assert data["workers_to_feed"]["cpu_demo_128px"] >= 1
     assert saved["summary"].startswith("crocoman-bench: cpu-")
 
+    # The gesture module at the full size of its CPU config.
+    finetune = saved["cases"]["finetune_train"]
+    assert list(finetune["results"]) == ["gesture"]
+    gesture_settings = finetune["settings"]["modules"]["gesture"]
+    assert gesture_settings["config"] == "configs/finetune/gesture_cpu.yaml"
+    assert gesture_settings["batch_size"] == 32 and gesture_settings["backbone"]["embed_dim"] == 192
+    gesture = finetune["results"]["gesture"]
+    assert gesture["samples_per_s"] > 0 and gesture["optimizer_steps"] == 2 and math.isfinite(gesture["last_loss"])
+    assert gesture["first_step_s"] > 0
+    assert "finetune gesture" in saved["summary"]
+
 
 def test_data_case_writes_its_own_shards_without_shards_flag(tmp_path, monkeypatch):
     """Without --shards the data case renders shards with tools.synth (tiny ones here)."""
@@ -101,6 +141,7 @@ def test_data_case_writes_its_own_shards_without_shards_flag(tmp_path, monkeypat
     monkeypatch.setattr(bench, "SYNTH_SOURCE_SIZE", {"224px": 32, "128px": 32})
     monkeypatch.setattr(bench, "VITB_CONFIG", bench.CPU_DEMO_CONFIG)  # batch 32 instead of 64
     data = bench.data_case(1, None, tmp_path)
+    assert not multiprocessing.active_children()  # no loader worker outlives its case (and its shards)
     assert data["settings"]["128px"]["shards"]["source"] == "tools.synth.write_pair_shards"
     assert data["results"]["128px"]["pairs_per_s_per_worker"] > 0
 
@@ -119,8 +160,12 @@ def test_vit_case_code_path_on_cpu():
 
 
 def test_skip_data(tmp_path):
-    report = bench.main(["--out", str(tmp_path), "--steps", "1", "--warmup", "0", "--device", "cpu", "--skip-data"])
+    report = bench.main(["--out", str(tmp_path), "--steps", "1", "--warmup", "0", "--device", "cpu", "--skip-data",
+                         "--skip-finetune", "--skip-vit"])
     assert report["cases"]["data_pipeline"] == {"skipped": "--skip-data"}
+    assert report["cases"]["finetune_train"] == {"skipped": "--skip-finetune"}
+    assert report["cases"]["vit_pretrain"] == {"skipped": "--skip-vit"}
+    assert "finetune: skipped" in report["summary"] and "ViT: skipped" in report["summary"]
     assert report["cases"]["cpu_demo_train"]["results"]["first_step_s"] is None
     assert "data: skipped" in report["summary"]
 
@@ -129,3 +174,82 @@ def test_vit_b_case_is_the_vitb_config():
     """Case 2's ViT-B is the network configs/pretrain/vitb.yaml trains, so its MFU is that run's."""
     config = yaml.safe_load(bench.VITB_CONFIG.read_text())["model"]["init_args"]["backbone"]["init_args"]
     assert CroCoDims.from_model(bench.VIT_CASES[0].build()) == CroCoDims.from_config(config)
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_every_finetune_module_trains_from_its_config(device_type, body_models, tmp_path):
+    """Case 4 on CPU at tiny size; with "cuda", the GPU configs (bf16-mixed) run on CPU, which is all of
+    the CUDA path but the device. Each module's own training_step and optimiser run every step."""
+    device = torch.device("cpu")
+    for case in bench.FINETUNE_CASES:
+        config_path = case.config(torch.device(device_type))
+        config = yaml.safe_load(config_path.read_text())
+        overrides = {**TINY_FINETUNE, **{f"model.init_args.head.init_args.{key}": value
+                                         for key, value in TINY_HEADS[case.name].items()}}
+        run = bench.finetune_train(case, device, steps=2, warmup=2, body_models=body_models, root_dir=tmp_path,
+                                   config_path=config_path, overrides=overrides)
+        settings, results = run["settings"], run["results"]
+        assert settings["config"] == str(config_path.relative_to(bench.REPO))
+        assert config_path.name == (case.cuda_config if device_type == "cuda" else case.cpu_config)
+        assert settings["module"] == config["model"]["class_path"]
+        assert settings["head"]["class_path"] == config["model"]["init_args"]["head"]["class_path"]
+        assert settings["precision"] == config["trainer"]["precision"]
+        assert settings["batch_size"] == 2 and settings["backbone"]["embed_dim"] == TINY["embed_dim"]
+        assert 0 < settings["trainable_parameters"] < settings["parameters"]  # the decoder is frozen
+        assert results["optimizer_steps"] == 4 and math.isfinite(results["last_loss"]), case.name
+        assert results["samples_per_s"] == pytest.approx(2 / results["step_time_s"])
+        assert results["first_step_s"] > 0 and results["peak_memory_mib"] >= 0
+    assert not any(tmp_path.iterdir())  # no logs or checkpoints: only the training loop was timed
+
+
+def test_gpu_configs_are_the_ones_named_without_cpu():
+    for case in bench.FINETUNE_CASES:
+        cpu, cuda = case.config(torch.device("cpu")), case.config(torch.device("cuda"))
+        assert cpu.is_file() and cuda.is_file() and cpu.name == cuda.name.replace(".yaml", "_cpu.yaml")
+
+
+@pytest.mark.parametrize("model_type", ["smpl", "mano"])
+def test_synthetic_mesh_batch_keeps_the_mesh_datamodules_contract(model_type, body_models):
+    """Shapes of datamodules.MeshDataModule, every label flagged, and the mesh in front of the camera, in the crop."""
+
+    class Module:  # what mesh_batch reads of a MeshRecoveryModule
+        body_model = BodyModel(model_type, str(body_models))
+
+    spec = BODY_MODELS[model_type]
+    batch = bench.mesh_batch(Module(), 3, 32, torch.Generator().manual_seed(0))
+    assert batch["image"].shape == (3, 3, 32, 32) and batch[spec.pose_key].shape == (3, spec.pose_dim)
+    assert batch["vertices"].shape == (3, spec.num_vertices, 3) and batch["betas"].shape == (3, 10)
+    assert all(batch["has"][name].all() for name in HAS_KEYS)
+    joints = batch["keypoints_3d"].shape[1]
+    assert batch["keypoints_2d"].shape == (3, joints, 3) and batch["keypoints_3d"].shape == (3, joints, 4)
+    assert (batch["vertices"][..., 2] > 0).all()
+    pixels = batch["keypoints_2d"][..., :2]
+    assert (pixels > -0.5).all() and (pixels < 31.5).all()
+
+
+def test_synthetic_densepose_batch_has_parts_only_on_the_person():
+    batch = bench.densepose_batch(None, 2, 32, torch.Generator().manual_seed(0))
+    iuv = batch["iuv"]
+    assert iuv.dtype == torch.uint8 and iuv.shape == (2, 3, 32, 32)
+    background = iuv[:, 0] == 0
+    assert iuv[:, 0].max() <= NUM_PARTS and background.any() and not background.all()
+    assert (iuv[:, 1:][background[:, None].expand(-1, 2, -1, -1)] == 0).all()
+
+
+def test_peak_memory_is_each_cases_own_peak():
+    """A case that needs less than an earlier one still reports its own peak (ru_maxrss growth would say 0)."""
+    if not bench._reset_peak_rss():
+        pytest.skip("no resettable peak RSS (/proc/self/clear_refs) on this system")
+    big = torch.ones(160 * 2**20 // 4)  # 160 MiB, touched
+    del big
+    memory = bench.PeakMemory(torch.device("cpu"))
+    small = torch.ones(48 * 2**20 // 4)
+    del small
+    result = memory.result()
+    assert 44 <= result["peak_memory_mib"] <= 80, result
+
+
+def test_a_misspelt_override_names_itself():
+    with pytest.raises(KeyError, match="embed_dimm"):
+        bench.finetune_train(bench.FINETUNE_CASES[0], torch.device("cpu"), 1, 0, Path("unused"), Path("unused"),
+                             overrides={"model.init_args.backbone.init_args.embed_dimm": 8})

@@ -1,6 +1,6 @@
 """``crocoman-bench``: how fast we train and load data on this machine, written down as JSON.
 
-Three cases, each recorded with its settings next to its results so that files from different
+Four cases, each recorded with its settings next to its results so that files from different
 machines and commits compare like with like:
 
 1. ``cpu_demo_train``: the model of ``configs/pretrain/cpu_demo.yaml`` (built from that file's
@@ -13,15 +13,29 @@ machines and commits compare like with like:
 3. ``data_pipeline``: decoded and augmented pairs per second per loader worker through
    ``datamodules.PairDataModule`` at 224 px and at the demo's 128 px, and how many workers keep
    the model of case 1 / 2 fed.
+4. ``finetune_train``: each fine-tuning module (gesture, SMPL body mesh, model-free body mesh,
+   MANO hand mesh, DensePose) built from the ``model`` section of its ``configs/finetune/*_cpu.yaml``
+   (on CUDA: the GPU config of the same name without ``_cpu``, bf16 there) and trained by a
+   Lightning ``Trainer`` with the config's precision and gradient clipping on one synthetic batch
+   of the module's batch contract, at the config's batch and image size: samples per second and
+   peak memory. Layout: ``settings.modules.<name>`` (config, overrides, sizes, parameter counts)
+   and ``results.<name>`` (``samples_per_s``, ``step_time_s``, ``first_step_s``,
+   ``peak_memory_mib``, ``memory_measure``).
+
+Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak resident set of the
+case above the resident set at its start (``PeakMemory`` says how the peak is reset per case).
 
 The file is ``<out>/<device>.json`` with ``<device>`` like ``cpu-<model>-<n>cores`` or
 ``cuda-<gpu name>``; a later run on the same device replaces it.
 """
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import importlib
 import json
+import logging
 import math
 import os
 import platform
@@ -31,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,18 +54,28 @@ from pathlib import Path
 
 import torch
 import yaml
+from lightning import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from backbone import CroCoNet, HumanMasking, croco_base, croco_large
+from datamodules.mesh import HAS_KEYS as MESH_HAS_KEYS
 from heads import CompletionHead, patchify
+from heads.dense import NUM_PARTS
+from lightning_modules.finetune import FinetuneTask
 from lightning_modules.losses import masked_patch_mse
+from lightning_modules.mesh_losses import project
 from lightning_modules.pretrain import PretrainModule
 from tools.flops import pretrain_step_flops
+from tools.synth.bodymodel import write_body_models
+from tools.synth.hand import GESTURE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_DEMO_CONFIG = REPO / "configs" / "pretrain" / "cpu_demo.yaml"
 VITB_CONFIG = REPO / "configs" / "pretrain" / "vitb.yaml"
+FINETUNE_CONFIGS = REPO / "configs" / "finetune"
 MODEL_WARMUP_STEPS = 3
 DATA_WARMUP_BATCHES = 1
 # Lightning precision settings of a config -> the autocast dtype that reproduces them.
@@ -143,7 +168,8 @@ def describe_device(device: torch.device) -> dict:
 
 def git_commit() -> str | None:
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        result = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=REPO, capture_output=True, text=True,
+                                timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
@@ -183,10 +209,13 @@ def release_memory(device: torch.device) -> None:
 
 
 class PeakMemory:
-    """Peak memory of one case: CUDA peak allocated bytes, or on CPU the growth of the peak RSS.
+    """Peak memory of one case: CUDA peak allocated bytes, or on CPU the peak resident set growth.
 
-    ``ru_maxrss`` only ever rises, so the CPU figure is how far the case pushed the process's
-    high-water mark: parameters, optimiser state, activations and allocator caching together.
+    CPU: freed heap is handed back to the OS (``malloc_trim``) and the kernel's high-water mark
+    is reset (``/proc/self/clear_refs``, Linux), so the figure is this case's own peak RSS above
+    where it started (parameters, optimiser state, activations, allocator slack), not an
+    earlier, bigger case's. Where that reset is unavailable it falls back to the growth of
+    ``ru_maxrss``, which only ever rises and so reads 0 for a case smaller than one before it.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -194,20 +223,48 @@ class PeakMemory:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        else:
-            self.start_rss = self._max_rss_bytes()
-
-    @staticmethod
-    def _max_rss_bytes() -> int:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+            return
+        gc.collect()
+        self.resettable = _reset_peak_rss()
+        self.start_bytes = _proc_status_bytes("VmRSS") if self.resettable else _max_rss_bytes()
 
     def result(self) -> dict:
         if self.device.type == "cuda":
             return {"peak_memory_mib": round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1),
                     "memory_measure": "torch.cuda.max_memory_allocated over the case"}
-        return {"peak_memory_mib": round((self._max_rss_bytes() - self.start_rss) / 2**20, 1),
-                "memory_measure": "peak RSS growth over the case (resource.getrusage ru_maxrss)"}
+        if self.resettable:
+            peak = _proc_status_bytes("VmHWM")
+            measure = "peak RSS over the case (VmHWM after clear_refs) - RSS at start"
+        else:
+            peak, measure = _max_rss_bytes(), "peak RSS growth over the case (resource.getrusage ru_maxrss)"
+        return {"peak_memory_mib": round((peak - self.start_bytes) / 2**20, 1), "memory_measure": measure}
+
+
+def _max_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+
+
+def _proc_status_bytes(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of /proc/self/status (kB there)."""
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field} line")
+    return int(match.group(1)) * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Return freed heap to the OS, then reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc; without it freed-but-kept heap hides the next case's growth
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        _proc_status_bytes("VmHWM")
+    except (OSError, RuntimeError):
+        return False
+    return True
 
 
 def run_timed(step: Callable[[], None], steps: int, warmup: int, device: torch.device, desc: str) -> dict:
@@ -235,6 +292,11 @@ def random_person_masks(batch_size: int, size: int, generator: torch.Generator) 
     rows, cols = coords.view(1, -1, 1), coords.view(1, 1, -1)
     inside = ((rows - centre[:, 0]) / radii[:, 0]) ** 2 + ((cols - centre[:, 1]) / radii[:, 1]) ** 2
     return (inside <= 1).float()
+
+
+def repo_relative(path: Path) -> str:
+    """A config's path as the result file records it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def build_from_spec(spec):
@@ -321,8 +383,7 @@ def cpu_demo_case(device: torch.device, device_info: dict, steps: int, warmup: i
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"{config_path}: trainer.precision {precision!r} is not one the bench can mimic "
                          f"({', '.join(AUTOCAST_DTYPES)})")
-    settings = {"config": str(config_path.relative_to(REPO)) if config_path.is_relative_to(REPO) else str(config_path),
-                "backbone": config["model"]["init_args"]["backbone"]["init_args"],
+    settings = {"config": repo_relative(config_path), "backbone": config["model"]["init_args"]["backbone"]["init_args"],
                 "masking": config["model"]["init_args"].get("masking"),
                 "batch_size": batch_size, "image_size": image_size, "precision": precision,
                 "gradient_clip_val": clip, "warmup_steps": warmup, "timed_steps": steps,
@@ -333,6 +394,23 @@ def cpu_demo_case(device: torch.device, device_info: dict, steps: int, warmup: i
     # Model and optimiser state are part of what a run needs: count them from before the build.
     results.update(memory_before_model.result())
     return {"settings": settings, "results": add_mfu(results, device_info)}
+
+
+def encoder_timing(model: nn.Module, ours: bool, images: Tensor, device: torch.device, steps: int, warmup: int,
+                   compiled: bool, desc: str) -> dict:
+    """Forward + backward of one encoder in bf16; a function of its own so the model is freed on return."""
+    forward = (lambda x: model.encode(x)[0]) if ours else model.forward_features
+    forward = torch.compile(forward) if compiled else forward
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            tokens = forward(images)
+        tokens.float().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    memory = PeakMemory(device)
+    timing = run_timed(step, steps, warmup, device, desc)
+    return {"images_per_s": len(images) / timing["step_time_s"], **timing, **memory.result()}
 
 
 def encoder_vs_timm(case: VitCase, device: torch.device, steps: int, warmup: int, compiled: bool,
@@ -348,21 +426,9 @@ def encoder_vs_timm(case: VitCase, device: torch.device, steps: int, warmup: int
     builders = {"ours": case.build,
                 "timm": partial(timm.create_model, case.timm_name, pretrained=False, img_size=image_size)}
     timings = {}
-    for label, build in builders.items():
-        model = build().to(device).train()  # one at a time, so each peak holds only its own model
-        forward = (lambda x: model.encode(x)[0]) if label == "ours" else model.forward_features
-        forward = torch.compile(forward) if compiled else forward
-
-        def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                tokens = forward(images)
-            tokens.float().mean().backward()
-            model.zero_grad(set_to_none=True)
-
-        memory = PeakMemory(device)
-        timing = run_timed(step, steps, warmup, device, f"{case.name} encoder {label}")
-        timings[label] = {"images_per_s": case.batch_size / timing["step_time_s"], **timing, **memory.result()}
-        del model, forward, step
+    for label, build in builders.items():  # one at a time, so each peak holds only its own model
+        timings[label] = encoder_timing(build().to(device).train(), label == "ours", images, device, steps, warmup,
+                                        compiled, f"{case.name} encoder {label}")
         release_memory(device)
     return {**timings, "timm_model": case.timm_name,
             "ratio_step_time_ours_over_timm": timings["ours"]["step_time_s"] / timings["timm"]["step_time_s"]}
@@ -396,6 +462,253 @@ def vit_pretrain_case(device: torch.device, device_info: dict, steps: int, warmu
 
 
 # ---------------------------------------------------------------------------------------------
+# Fine-tuning modules
+
+
+def gesture_batch(module: FinetuneTask, batch_size: int, image_size: int, generator: torch.Generator) -> dict:
+    """``GestureModule``'s batch: images and class ids of the synthetic hands' gestures."""
+    return {"image": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
+            "label": torch.randint(len(GESTURE_NAMES), (batch_size,), generator=generator),
+            "key": [f"synthetic/{i}" for i in range(batch_size)]}
+
+
+def densepose_batch(module: FinetuneTask, batch_size: int, image_size: int, generator: torch.Generator) -> dict:
+    """``DensePoseModule``'s batch: ``iuv`` with random parts and charts inside an ellipse person, background out."""
+    person = random_person_masks(batch_size, image_size, generator).bool()
+    parts = torch.randint(1, NUM_PARTS + 1, (batch_size, image_size, image_size), generator=generator) * person
+    charts = torch.randint(256, (batch_size, 2, image_size, image_size), generator=generator) * person[:, None]
+    return {"image": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
+            "iuv": torch.cat([parts[:, None], charts], dim=1).to(torch.uint8),
+            "key": [f"synthetic/{i}" for i in range(batch_size)]}
+
+
+def mesh_batch(module: FinetuneTask, batch_size: int, image_size: int, generator: torch.Generator) -> dict:
+    """``MeshRecoveryModule``'s batch with every label present and consistent, so every loss term runs.
+
+    Parameters are drawn near an upright pose facing the camera; the module's own body model
+    gives vertices and joints (all its joints are the keypoints), centred on the optical axis with
+    its nearest point where it spans 80% of a crop whose focal length is the crop side, so every
+    point projects inside the crop, and projected with that ``K``.
+    """
+    body = getattr(module, "body_model", None)
+    if body is None:
+        raise ValueError(f"{type(module).__name__} has no body_model: the bench draws mesh labels from one; give "
+                         f"the config's model a body_model (heads.BodyModel)")
+    global_orient = torch.tensor([math.pi, 0.0, 0.0]) + 0.2 * torch.randn(batch_size, 3, generator=generator)
+    pose = 0.2 * torch.randn(batch_size, 3 * body.num_pose_joints, generator=generator)
+    betas = 0.5 * torch.randn(batch_size, body.num_betas, generator=generator)
+    with torch.no_grad():
+        vertices, joints = body.from_axis_angle(global_orient, pose, betas)
+    focal_px = float(image_size)
+    low, high = vertices.amin(dim=1), vertices.amax(dim=1)
+    nearest_m = focal_px * (high - low)[:, :2].amax(dim=-1) / (0.8 * image_size)
+    transl = torch.cat([-(low + high)[:, :2] / 2, (nearest_m - low[:, 2])[:, None]], dim=1)
+    centre = (image_size - 1) / 2
+    K = torch.tensor([[focal_px, 0.0, centre], [0.0, focal_px, centre], [0.0, 0.0, 1.0]]).expand(batch_size, 3, 3)
+    keypoints_3d = joints + transl[:, None]
+    confidence = torch.ones(*joints.shape[:2], 1)
+    return {"image": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
+            "key": [f"synthetic/{i}" for i in range(batch_size)], "K": K.contiguous(),
+            "keypoints_2d": torch.cat([project(keypoints_3d, K), confidence], dim=-1),
+            "keypoints_3d": torch.cat([keypoints_3d, confidence], dim=-1),
+            "global_orient": global_orient, body.pose_name: pose, "betas": betas, "transl": transl,
+            "vertices": vertices + transl[:, None],
+            "has": {name: torch.ones(batch_size, dtype=torch.bool) for name in MESH_HAS_KEYS}}
+
+
+@dataclass(frozen=True)
+class FinetuneCase:
+    """One fine-tuning module of case 4: its CPU and GPU configs and the batch its ``training_step`` reads."""
+
+    name: str
+    cpu_config: str
+    cuda_config: str
+    make_batch: Callable[[FinetuneTask, int, int, torch.Generator], dict]
+    classes: tuple[str, ...] | None = None  # what the DataModule's ``classes`` says (the gesture task reads it)
+
+    def config(self, device: torch.device) -> Path:
+        """The config a run on ``device`` trains with."""
+        return FINETUNE_CONFIGS / (self.cuda_config if device.type == "cuda" else self.cpu_config)
+
+
+FINETUNE_CASES = (
+    FinetuneCase("gesture", "gesture_cpu.yaml", "gesture.yaml", gesture_batch, GESTURE_NAMES),
+    FinetuneCase("body_mesh_smpl", "body_mesh_smpl_cpu.yaml", "body_mesh_smpl.yaml", mesh_batch),
+    FinetuneCase("body_mesh_model_free", "body_mesh_model_free_cpu.yaml", "body_mesh_model_free.yaml", mesh_batch),
+    FinetuneCase("hand_mesh_mano", "hand_mesh_mano_cpu.yaml", "hand_mesh_mano.yaml", mesh_batch),
+    FinetuneCase("densepose", "densepose_cpu.yaml", "densepose.yaml", densepose_batch),
+)
+
+
+class SyntheticBatches(LightningDataModule):
+    """One fixed batch served ``batches`` times: the module's training cost without decoding or augmentation.
+
+    ``batch_size`` (the LR scaling reads it) and ``classes`` are what the modules ask of a
+    crocoman DataModule. The batch already lives on the training device, as in case 1.
+    """
+
+    def __init__(self, batch: dict, batch_size: int, batches: int, classes: tuple[str, ...] | None = None) -> None:
+        super().__init__()
+        self.batch, self.batch_size, self.batches, self.classes = batch, batch_size, batches, classes
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader([self.batch] * self.batches, batch_size=None)
+
+
+class StepTimer(Callback):
+    """Times whole training-loop iterations after ``warmup`` of them, syncing the device at both ends.
+
+    An iteration is Lightning's: fetch, forward, loss, backward, clipping, optimiser and
+    scheduler step, logging. The first iteration's time (which includes any compilation) is kept
+    apart, as in ``run_timed``.
+    """
+
+    def __init__(self, warmup: int, steps: int, device: torch.device, desc: str) -> None:
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self.first_step_s: float | None = None
+        self.step_time_s: float | None = None
+        self.bar = tqdm(total=warmup + steps, desc=desc, leave=False, file=sys.stderr)
+
+    def on_train_batch_start(self, trainer: Trainer, module: LightningModule, batch: dict, batch_idx: int) -> None:
+        if batch_idx == 0:
+            self.first_start = self.timed_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, module: LightningModule, outputs, batch: dict,
+                           batch_idx: int) -> None:
+        self.bar.update()
+        first = batch_idx == 0 and self.warmup > 0  # with no warmup, the first step is a timed one
+        warmed_up = batch_idx == self.warmup - 1
+        last = batch_idx == self.warmup + self.steps - 1
+        if not (first or warmed_up or last):
+            return
+        synchronize(self.device)
+        now = time.perf_counter()
+        if first:
+            self.first_step_s = now - self.first_start
+        if warmed_up:
+            self.timed_start = now
+        if last:
+            self.step_time_s = (now - self.timed_start) / self.steps
+            self.bar.close()
+
+
+def set_dotted(config: dict, dotted: str, value) -> None:
+    """``set_dotted(c, "model.init_args.lr", 1)`` as the CLI's ``--model.init_args.lr=1``; the key must exist,
+    so that a misspelt override fails instead of silently timing the unshrunk config."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in [*parents, leaf]:
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(f"override {dotted!r}: no {key!r} in the config")
+        parent, node = node, node[key]
+    parent[leaf] = value
+
+
+def with_body_models(spec, model_path: str):
+    """``spec`` with every ``init_args.model_path`` (body model, model-free head) pointing at ``model_path``."""
+    if isinstance(spec, dict):
+        spec = {key: with_body_models(value, model_path) for key, value in spec.items()}
+        if "model_path" in spec and "class_path" not in spec:
+            spec["model_path"] = model_path
+        return spec
+    if isinstance(spec, list):
+        return [with_body_models(value, model_path) for value in spec]
+    return spec
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Keep Lightning's per-fit info lines and the warnings that do not apply here out of the bench output."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            # No pretrained checkpoint on purpose: weights do not change the speed.
+            warnings.filterwarnings("ignore", message="fine-tuning without a pretrained encoder")
+            # The loader serves a batch already in memory; workers would only add IPC.
+            warnings.filterwarnings("ignore", message=".*does not have many workers")
+            # Only training is timed.
+            warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def finetune_train(case: FinetuneCase, device: torch.device, steps: int, warmup: int, body_models: Path,
+                   root_dir: Path, config_path: Path | None = None, overrides: dict | None = None) -> dict:
+    """One fine-tuning module, built from its config's ``model`` section, trained by a Lightning ``Trainer``.
+
+    The trainer takes the config's ``precision`` and ``gradient_clip_val``; the module's own
+    ``configure_optimizers`` (layer-wise LR decay, fused AdamW on CUDA, schedule) and
+    ``training_step`` (losses, train metrics, logging) run as in ``crocoman fit``, on one device.
+    ``pretrained`` is dropped and every ``model_path`` points at ``body_models`` (a folder
+    ``write_body_models`` wrote). ``config_path`` replaces the device's config (``case.config``);
+    ``overrides`` are dotted config keys (``{"data.init_args.batch_size": 2}``), for tests at tiny size.
+    """
+    config_path = config_path or case.config(device)
+    config = yaml.safe_load(config_path.read_text())
+    for dotted, value in (overrides or {}).items():
+        set_dotted(config, dotted, value)
+    model_spec = with_body_models(config["model"], str(body_models))
+    model_spec["init_args"]["pretrained"] = None
+    data_args, trainer_args = config["data"]["init_args"], config.get("trainer", {})
+    batch_size, image_size = data_args["batch_size"], data_args["image_size"]
+    precision, clip = str(trainer_args.get("precision", "32-true")), trainer_args.get("gradient_clip_val")
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"{config_path}: trainer.precision {precision!r} is not one the bench runs "
+                         f"({', '.join(AUTOCAST_DTYPES)})")
+
+    torch.manual_seed(0)
+    memory = PeakMemory(device)  # from before the build: parameters and optimiser state are part of a run's memory
+    with contextlib.redirect_stdout(sys.stderr):  # smplx prints notes; stdout is for the summary line
+        module = build_from_spec(model_spec)
+    batch = case.make_batch(module, batch_size, image_size, torch.Generator().manual_seed(0))
+    data = SyntheticBatches(move_data_to_device(batch, device), batch_size, warmup + steps, case.classes)
+    timer = StepTimer(warmup, steps, device, f"{case.name} fine-tuning")
+    with quiet_lightning():
+        trainer = Trainer(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
+                          precision=precision, gradient_clip_val=clip, max_steps=warmup + steps, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root_dir, callbacks=[timer])
+        trainer.fit(module, datamodule=data)
+    if timer.step_time_s is None:
+        raise RuntimeError(f"{config_path}: the trainer stopped at step {trainer.global_step} of {warmup + steps}")
+    results = {"samples_per_s": batch_size / timer.step_time_s, "step_time_s": timer.step_time_s,
+               "first_step_s": timer.first_step_s, **memory.result(), "optimizer_steps": trainer.global_step,
+               # A NaN here means the synthetic batch broke the module's contract, not a speed.
+               "last_loss": float(trainer.callback_metrics["loss"])}
+    settings = {"config": repo_relative(config_path), "overrides": overrides or {}, "module": model_spec["class_path"],
+                "backbone": model_spec["init_args"]["backbone"]["init_args"],
+                "head": {"class_path": model_spec["init_args"]["head"]["class_path"],
+                         **(model_spec["init_args"]["head"].get("init_args") or {})},
+                "batch_size": batch_size, "image_size": image_size, "precision": precision, "gradient_clip_val": clip,
+                "parameters": sum(p.numel() for p in module.parameters()),
+                "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad)}
+    del trainer, module, data, batch
+    release_memory(device)
+    return {"settings": settings, "results": results}
+
+
+def finetune_case(device: torch.device, steps: int, warmup: int = MODEL_WARMUP_STEPS,
+                  cases: Sequence[FinetuneCase] = FINETUNE_CASES, overrides: dict | None = None) -> dict:
+    """Case 4: training throughput and peak memory of each fine-tuning module, one after another."""
+    with tempfile.TemporaryDirectory(prefix="crocoman-bench-finetune-") as workdir:
+        body_models = Path(workdir) / "body_models"
+        with contextlib.redirect_stdout(sys.stderr):  # its summary line is not the bench's
+            write_body_models(body_models, ("smpl", "mano"))
+        runs = {case.name: finetune_train(case, device, steps, warmup, body_models, Path(workdir),
+                                          overrides=overrides) for case in cases}
+    return {"settings": {"warmup_steps": warmup, "timed_steps": steps, "devices": 1,
+                         "inputs": "one synthetic batch of the module's batch contract, already on the device; "
+                                   "mesh labels from the synthetic body models (tools.synth.bodymodel)",
+                         "trainer": "lightning Trainer with the config's precision and gradient_clip_val, "
+                                    "no logger, checkpointing or validation; pretrained=None",
+                         "modules": {name: run["settings"] for name, run in runs.items()}},
+            "results": {name: run["results"] for name, run in runs.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
 # Data pipeline
 
 
@@ -417,7 +730,8 @@ def synthetic_shards(root: Path, name: str, image_size: int) -> tuple[Path, dict
 
     out = root / f"synth-{name}"
     settings = {**SYNTH_SHARDS, "image_size": image_size}
-    write_pair_shards(out, workers=min(4, usable_cores()), **settings)
+    with contextlib.redirect_stdout(sys.stderr):  # its summary line is not the bench's
+        write_pair_shards(out, workers=min(4, usable_cores()), **settings)
     return out / "train", {"source": "tools.synth.write_pair_shards", **settings}
 
 
@@ -429,18 +743,21 @@ def data_throughput(shards: Path | str, data_args: dict, num_workers: int, steps
     datamodule = PairDataModule(**{**data_args, "train_shards": str(shards), "val_shards": None,
                                    "num_workers": num_workers,
                                    "epoch_pairs": batch_size * (DATA_WARMUP_BATCHES + steps)})
-    loader = datamodule.train_dataloader()
-    batches = iter(loader)
+    batches = iter(datamodule.train_dataloader())
     # A DataLoader worker runs torch single-threaded; in-process loading does the same here, so
     # both numbers are one core's worth of work and the model's thread setting is untouched.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        timing = run_timed(lambda: next(batches), steps, DATA_WARMUP_BATCHES, torch.device("cpu"),
+        timing = run_timed(partial(next, batches), steps, DATA_WARMUP_BATCHES, torch.device("cpu"),
                            f"data {data_args['image_size']}px {num_workers} workers")
     finally:
         torch.set_num_threads(threads)
-    del batches, loader
+        # The loader iterator sits in a reference cycle, so only a collection stops its worker; left
+        # running, the worker keeps reading (resampled) shards the caller deletes next, on a core
+        # the following cases are timed on.
+        del batches
+        gc.collect()
     return {"pairs_per_s": batch_size / timing["step_time_s"], "batch_time_s": timing["step_time_s"],
             "first_batch_s": timing["first_step_s"]}
 
@@ -456,7 +773,7 @@ def data_case(steps: int, shards: str | None, workdir: Path) -> dict:
             shard_dir, shard_info = shards, {"source": shards}
         else:
             shard_dir, shard_info = synthetic_shards(workdir, label, SYNTH_SOURCE_SIZE[label])
-        settings[label] = {"config": str(config_path.relative_to(REPO)), "shards": shard_info,
+        settings[label] = {"config": repo_relative(config_path), "shards": shard_info,
                            **{k: data_args[k] for k in ("batch_size", "image_size", "augment", "shuffle_buffer",
                                                         "crop_scale", "color_jitter") if k in data_args}}
         results[label] = {f"workers_{n}": data_throughput(shard_dir, data_args, n, steps) for n in (0, 1)}
@@ -495,6 +812,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="untimed steps before each model case (the first one includes compilation)")
     parser.add_argument("--skip-data", action="store_true", help="skip the data pipeline case")
     parser.add_argument("--no-compile", action="store_true", help="CUDA case: eager only, no torch.compile")
+    parser.add_argument("--skip-vit", action="store_true", help="skip the CUDA ViT-B / ViT-L pretraining case")
+    names = [case.name for case in FINETUNE_CASES]
+    parser.add_argument("--finetune", nargs="+", choices=names, default=names, metavar="MODULE",
+                        help=f"fine-tuning modules to time (default: all of {', '.join(names)})")
+    parser.add_argument("--skip-finetune", action="store_true", help="skip the fine-tuning modules case")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -525,6 +847,12 @@ def summary_line(report: dict, path: Path, seconds: float) -> str:
         parts.append(f"data/worker {per_worker} pairs/s")
         if data.get("workers_to_feed"):
             parts.append("workers to feed " + ", ".join(f"{k} {v}" for k, v in data["workers_to_feed"].items()))
+    finetune = cases["finetune_train"]
+    if "skipped" in finetune:
+        parts.append("finetune: skipped")
+    else:
+        rates = ", ".join(f"{name} {result['samples_per_s']:.0f}" for name, result in finetune["results"].items())
+        parts.append(f"finetune {rates} samples/s")
     return f"crocoman-bench: {'; '.join(parts)} -> {path} ({seconds:.0f} s)"
 
 
@@ -540,17 +868,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "load_average_1min": {"start": load_average()}, "cases": {}}
     cases = report["cases"]
 
-    print(f"[1/3] CPU demo model training on {device_info['name']}", file=sys.stderr)
+    print(f"[1/4] CPU demo model training on {device_info['name']}", file=sys.stderr)
     cases["cpu_demo_train"] = cpu_demo_case(device, device_info, args.steps, args.warmup)
 
-    print("[2/3] ViT-B / ViT-L pretraining (CUDA only)", file=sys.stderr)
-    if device.type == "cuda":
+    print("[2/4] ViT-B / ViT-L pretraining (CUDA only)", file=sys.stderr)
+    if args.skip_vit:
+        cases["vit_pretrain"] = {"skipped": "--skip-vit"}
+    elif device.type == "cuda":
         compile_modes = (False,) if args.no_compile else (False, True)
         cases["vit_pretrain"] = vit_pretrain_case(device, device_info, args.steps, args.warmup, compile_modes)
     else:
         cases["vit_pretrain"] = {"skipped": "needs a CUDA device (bf16 ViT-B/L steps are not meaningful on CPU)"}
 
-    print("[3/3] data pipeline", file=sys.stderr)
+    print("[3/4] data pipeline", file=sys.stderr)
     if args.skip_data:
         cases["data_pipeline"] = {"skipped": "--skip-data"}
     else:
@@ -564,6 +894,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
             cases["data_pipeline"]["workers_to_feed_note"] = (
                 "ceil(model pairs/s / pairs/s of one loader worker), model from this file's cases; on a CPU "
                 "device the workers compete with the model for the same cores, so read it as a lower bound")
+
+    print(f"[4/4] fine-tuning modules ({device.type} configs)", file=sys.stderr)
+    if args.skip_finetune:
+        cases["finetune_train"] = {"skipped": "--skip-finetune"}
+    else:
+        chosen = [case for case in FINETUNE_CASES if case.name in args.finetune]
+        cases["finetune_train"] = finetune_case(device, args.steps, args.warmup, chosen)
 
     report["load_average_1min"]["end"] = load_average()
     args.out.mkdir(parents=True, exist_ok=True)

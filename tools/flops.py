@@ -109,7 +109,7 @@ def pretrain_step_flops(model: CroCoNet | Mapping | CroCoDims, batch_size: int, 
         "decoder_mlp": l * 2 * N * 2 * r * d * d,
         "head": 2 * N * d * P,
     }
-    flops = {name: int(round(value * batch_size)) for name, value in per_pair.items()}
+    flops = {name: round(value * batch_size) for name, value in per_pair.items()}
     flops["forward"] = sum(flops.values())
     flops["train_step"] = 3 * flops["forward"]
     flops["executed_train_step"] = flops["train_step"] - flops["patch_embed"]
