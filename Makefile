@@ -10,7 +10,7 @@ BODY_MODELS := data/synth_body_models
 PRETRAINED := runs/pretrain_cpu_demo/checkpoints/last.ckpt
 CROCOMAN := HF_HUB_OFFLINE=1 $(BIN)/crocoman
 
-.PHONY: install pretrain finetune finetune-hand finetune-gesture finetune-densepose test bench data clean
+.PHONY: install pretrain finetune finetune-hand finetune-gesture finetune-densepose test bench study data clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(BIN)/crocoman-bench --out benchmarks/results
+
+# The pretraining study (benchmarks/study/cpu): five pretrainings x two tasks x two label fractions x two seeds.
+study: $(INSTALLED)
+	HF_HUB_OFFLINE=1 nice -n 5 $(BIN)/crocoman-study --preset cpu --seeds 0 1
 
 clean:
 	rm -rf runs wandb lightning_logs .pytest_cache
