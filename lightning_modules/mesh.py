@@ -66,7 +66,8 @@ class MeshRecoveryModule(FinetuneTask):
     def configure_metrics(self) -> None:
         joints = MetricCollection({"mpjpe": MeanPointError(root=self.hparams.root_joint),
                                    "pa_mpjpe": MeanPointError(procrustes=True, root=self.hparams.root_joint)})
-        vertices = MetricCollection({"pve": MeanPointError(root=None), "pa_pve": MeanPointError(procrustes=True, root=None),
+        vertices = MetricCollection({"pve": MeanPointError(root=None),
+                                     "pa_pve": MeanPointError(procrustes=True, root=None),
                                      **{f"f@{t:g}mm": FScore(t) for t in self.hparams.fscore_thresholds_mm}})
         for stage in ("val", "test"):
             setattr(self, f"{stage}_joint_metrics", joints.clone(prefix=f"{stage}/"))
@@ -114,7 +115,10 @@ class MeshRecoveryModule(FinetuneTask):
             return vertices, has["params"] | has["vertices"]
         return vertices, has["params"]
 
-    def losses(self, out: dict[str, Tensor], batch: dict) -> dict[str, Tensor]:
+    def losses(self, out: dict[str, Tensor], batch: dict,
+               targets: tuple[Tensor | None, Tensor | None]) -> dict[str, Tensor]:
+        """Loss terms; ``targets`` is ``self.targets(batch)``, computed once per batch by the caller
+        (evaluation scores the same target vertices)."""
         hp, has = self.hparams, batch["has"]
         joints = self.num_joints(out, batch)
         root = hp.root_joint
@@ -126,7 +130,7 @@ class MeshRecoveryModule(FinetuneTask):
                 keypoint_3d_loss(out["joints"][:, :joints], batch["keypoints_3d"][:, :joints], root),
                 has["keypoints_3d"]),
         }
-        target_vertices, has_vertices = self.targets(batch)
+        target_vertices, has_vertices = targets
         if target_vertices is not None:
             pred_vertices = out["vertices"] - out["joints"][:, root:root + 1]
             terms["vertices"] = hp.vertices_weight * masked_mean(vertex_loss(pred_vertices, target_vertices),
@@ -150,7 +154,7 @@ class MeshRecoveryModule(FinetuneTask):
         return joints
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        terms = self.losses(self(batch["image"], batch["K"]), batch)
+        terms = self.losses(self(batch["image"], batch["K"]), batch, self.targets(batch))
         loss = sum(terms.values())
         size = len(batch["image"])
         self.log("loss", loss, prog_bar=True, batch_size=size)
@@ -159,7 +163,8 @@ class MeshRecoveryModule(FinetuneTask):
 
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
         out = self(batch["image"], batch["K"])
-        terms = self.losses(out, batch)
+        target_vertices, has_vertices = self.targets(batch)
+        terms = self.losses(out, batch, (target_vertices, has_vertices))
         size = len(batch["image"])
         self.log(f"{stage}/loss", sum(terms.values()), sync_dist=True, batch_size=size)
         joints, root = self.num_joints(out, batch), self.hparams.root_joint
@@ -167,7 +172,6 @@ class MeshRecoveryModule(FinetuneTask):
         if labelled.any():
             getattr(self, f"{stage}_joint_metrics").update(out["joints"][labelled, :joints],
                                                            batch["keypoints_3d"][labelled, :joints, :3])
-        target_vertices, has_vertices = self.targets(batch)
         if target_vertices is not None and has_vertices.any():
             pred_vertices = out["vertices"] - out["joints"][:, root:root + 1]
             getattr(self, f"{stage}_vertex_metrics").update(pred_vertices[has_vertices], target_vertices[has_vertices])
