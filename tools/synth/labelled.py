@@ -20,7 +20,16 @@ import torch
 from tools.synth.bodymodel import mesh_template
 from tools.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HAND_PARENTS, HAND_PRIMITIVE_JOINTS, render_hand
 from tools.synth.render import hidden_from, primitive_local_coords
-from tools.synth.shards import check_at_least, jpeg_bytes, png_bytes, split_indices, write_sample_shards
+from tools.synth.shards import (
+    check_at_least,
+    jpeg_bytes,
+    manifest_splits,
+    png_bytes,
+    save_manifest,
+    split_indices,
+    total_bytes,
+    write_sample_shards,
+)
 from tools.synth.skeleton import JOINT_NAMES, PARENTS
 from tools.synth.surface import cylindrical_coords, surface_vertices
 from tools.synth.world import PRIMITIVE_JOINTS, PRIMITIVE_PARTS, Frame, render_group
@@ -215,14 +224,6 @@ def write_labelled_shards(
         out, splits, job, workers, samples_per_shard, SHARD_PATTERN, desc="labelled", unit="sample"
     )
     seconds = time.perf_counter() - started
-    manifest_splits = {
-        split: {
-            "samples": len(indices),
-            "shards": [{"path": path, "samples": count, "bytes": size} for path, count, size in shards[split]],
-        }
-        for split, indices in splits.items()
-    }
-    total_bytes = sum(shard["bytes"] for split in manifest_splits.values() for shard in split["shards"])
     body = task == "body"
     manifest = {
         "version": VERSION,
@@ -233,16 +234,12 @@ def write_labelled_shards(
         "body_model": "smpl" if body else "mano",
         "keypoints": list(JOINT_NAMES if body else HAND_KEYPOINT_NAMES),
         **({"densepose_parts": list(DENSEPOSE_PART_NAMES)} if body else {"classes": list(GESTURE_NAMES)}),
-        "splits": manifest_splits,
-        "total_bytes": total_bytes,
+        "splits": manifest_splits(shards, {split: {"samples": len(indices)} for split, indices in splits.items()},
+                                  "samples"),
+        "total_bytes": total_bytes(shards),
         "generation_seconds": round(seconds, 2),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     total = num_samples + val_samples
-    num_shards = sum(len(split["shards"]) for split in manifest_splits.values())
-    print(
-        f"labelled: {num_samples} train + {val_samples} val {task} samples of {image_size} px in {num_shards} "
-        f"shards, {total_bytes / 1e6:.1f} MB, {seconds:.1f} s ({total / seconds:.1f} samples/s, "
-        f"{workers} workers) -> {out}"
-    )
-    return manifest
+    return save_manifest(out, manifest, f"labelled: {num_samples} train + {val_samples} val {task} samples of "
+                                        f"{image_size} px ({total / seconds:.1f} samples/s, {workers} workers)")
+

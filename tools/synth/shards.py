@@ -145,6 +145,26 @@ def write_sample_shards(
     return shards
 
 
+def manifest_splits(shards: dict[str, list[tuple[str, int, int]]], counts: dict[str, dict], unit: str) -> dict:
+    """The manifest's ``splits``: per split its ``counts``, then its shards as {path, <unit>, bytes}."""
+    return {split: {**counts[split], "shards": [{"path": path, unit: count, "bytes": size}
+                                                 for path, count, size in entries]}
+            for split, entries in shards.items()}
+
+
+def save_manifest(out: Path, manifest: dict, summary: str) -> dict:
+    """Write ``out/manifest.json`` and print the tool's one-line summary, shards and bytes appended."""
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    num_shards = sum(len(split["shards"]) for split in manifest["splits"].values())
+    print(f"{summary} in {num_shards} shards, {manifest['total_bytes'] / 1e6:.1f} MB, "
+          f"{manifest['generation_seconds']:.1f} s -> {out}")
+    return manifest
+
+
+def total_bytes(shards: dict[str, list[tuple[str, int, int]]]) -> int:
+    return sum(size for entries in shards.values() for _, _, size in entries)
+
+
 def split_indices(train: int, val: int) -> dict[str, range]:
     """Index ranges per split; validation indices follow the train ones, so they are other people."""
     splits = {"train": range(train)}
@@ -178,16 +198,8 @@ def write_pair_shards(
     splits = split_indices(num_groups, val_groups)
     shards = write_sample_shards(out, splits, job, workers, groups_per_shard, SHARD_PATTERN, desc="synth", unit="group")
     seconds = time.perf_counter() - started
-    manifest_splits = {
-        split: {
-            "groups": len(indices),
-            "frames": len(indices) * cameras * times,
-            "shards": [{"path": path, "groups": count, "bytes": size} for path, count, size in shards[split]],
-        }
-        for split, indices in splits.items()
-    }
-
-    total_bytes = sum(shard["bytes"] for split in manifest_splits.values() for shard in split["shards"])
+    counts = {split: {"groups": len(indices), "frames": len(indices) * cameras * times}
+              for split, indices in splits.items()}
     manifest = {
         "version": VERSION,
         "seed": seed,
@@ -196,16 +208,12 @@ def write_pair_shards(
         "times": times,
         "frames_per_group": cameras * times,
         "groups_per_shard": groups_per_shard,
-        "splits": manifest_splits,
-        "total_bytes": total_bytes,
+        "splits": manifest_splits(shards, counts, "groups"),
+        "total_bytes": total_bytes(shards),
         "generation_seconds": round(seconds, 2),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     total = num_groups + val_groups
-    num_shards = sum(len(split["shards"]) for split in manifest_splits.values())
-    print(
-        f"synth: {num_groups} train + {val_groups} val groups ({total * cameras * times} frames of "
-        f"{image_size} px) in {num_shards} shards, {total_bytes / 1e6:.1f} MB, {seconds:.1f} s "
-        f"({total / seconds:.1f} groups/s, {workers} workers) -> {out}"
-    )
-    return manifest
+    return save_manifest(out, manifest, f"synth: {num_groups} train + {val_groups} val groups "
+                                        f"({total * cameras * times} frames of {image_size} px, "
+                                        f"{total / seconds:.1f} groups/s, {workers} workers)")
+
