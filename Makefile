@@ -4,13 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SYNTH := data/synth
+HAND_PAIRS := data/synth_hand_pairs
 BODIES := data/synth_bodies
 HANDS := data/synth_hands
 BODY_MODELS := data/synth_body_models
 PRETRAINED := runs/pretrain_cpu_demo/checkpoints/last.ckpt
 CROCOMAN := HF_HUB_OFFLINE=1 $(BIN)/crocoman
 
-.PHONY: install pretrain finetune finetune-hand finetune-gesture finetune-densepose test bench study data clean
+.PHONY: install pretrain pretrain-hand finetune finetune-hand finetune-gesture finetune-densepose test bench study data clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,13 @@ data: $(SYNTH)/manifest.json
 
 pretrain: $(INSTALLED) $(SYNTH)/manifest.json
 	$(CROCOMAN) fit -c configs/pretrain/cpu_demo.yaml
+
+$(HAND_PAIRS)/manifest.json: | $(INSTALLED)
+	$(BIN)/crocoman-data synth --task hand --out $(HAND_PAIRS) --groups 1000 --val-groups 64 --groups-per-shard 50 --size 128 --workers 2
+
+# The hand model (CroCo-Man pretrains bodies and hands separately): same ViT, pairs of synthetic hands.
+pretrain-hand: $(INSTALLED) $(HAND_PAIRS)/manifest.json
+	$(CROCOMAN) fit -c configs/pretrain/cpu_demo_hand.yaml
 
 # Fine-tuning demos start from the CPU pretraining checkpoint; it is made first if missing.
 $(PRETRAINED): | $(INSTALLED) $(SYNTH)/manifest.json

@@ -29,10 +29,11 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        qk, v = qkv[:2], qkv[2]
         if self.rope is not None:
-            q, k = self.rope(q, positions), self.rope(k, positions)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+            qk = self.rope(qk, positions)  # q and k share positions: one rotation for both
+        x = F.scaled_dot_product_attention(qk[0], qk[1], v, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 

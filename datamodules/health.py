@@ -21,18 +21,26 @@ SKIPPED_KEY = "__skipped__"
 class SkipCounter:
     """Webdataset error handlers that count and warn, plus a per-batch hand-off of the counts.
 
-    Each loader worker holds its own copy; ``drain`` returns the skips since the last batch, so the
-    training process can simply add up what arrives.
+    Each loader worker holds its own copy; ``attach`` hands over the skips since the last batch, so
+    the training process can simply add up what arrives. A stream that skips ``max_in_a_row``
+    times without producing one batch is broken, not noisy (every shard unreadable, a wrong label
+    key): a resampled stream would loop over it forever, so that is an error.
     """
 
-    def __init__(self, warn_first: int = 5) -> None:
+    def __init__(self, warn_first: int = 5, max_in_a_row: int = 1000) -> None:
         self.warn_first = warn_first
+        self.max_in_a_row = max_in_a_row
         self.since_last_batch: Counter = Counter()
         self.total: Counter = Counter()
 
     def _skip(self, kind: str, error: BaseException) -> bool:
         self.since_last_batch[kind] += 1
         self.total[kind] += 1
+        if sum(self.since_last_batch.values()) >= self.max_in_a_row:
+            raise RuntimeError(f"{self.max_in_a_row} skips in a row without one good batch "
+                               f"({dict(self.since_last_batch)}); the data is unusable, last error: "
+                               f"{type(error).__name__}: {error}. Check the shard paths and that the samples "
+                               f"hold the keys the task reads (crocoman-data writes valid shards)") from error
         if self.total[kind] <= self.warn_first or self.total[kind] % 100 == 0:
             log.warning("skipped (%s, %d so far in this worker): %s: %s", kind, self.total[kind],
                         type(error).__name__, error)

@@ -21,8 +21,10 @@ from torchvision.transforms import RandomResizedCrop, v2
 
 from datamodules.base import ShardDataModule
 from datamodules.shards import expand_shards
+from heads.dense import NUM_PARTS
 
 LABEL_KEYS = ("cls", "json", "npz", "iuv.png")
+UNLABELLED = 255  # iuv.png part channel: 0 background, 1..NUM_PARTS DensePose parts, 255 no label
 Box = tuple[int, int, int, int]  # top, left, height, width in source pixels
 
 
@@ -117,9 +119,21 @@ class LabelledSample:
                 points[:, :2] = points[:, :2] @ affine[:2, :2].T + affine[:2, 2]
                 out["keypoints_2d"] = points.float()
         if "iuv.png" in self.label_keys:
-            iuv = tv_tensors.Mask(v2.functional.pil_to_tensor(Image.open(io.BytesIO(sample["iuv.png"])).convert("RGB")))
-            out["iuv"] = self.resized_crop(iuv, box).as_subclass(Tensor)
+            out["iuv"] = self.resized_crop(self.iuv(sample), box).as_subclass(Tensor)
         return out
+
+    @staticmethod
+    def iuv(sample: dict) -> tv_tensors.Mask:
+        """The (3, H, W) IUV map, refusing part ids that are neither a DensePose part nor unlabelled (a
+        bad sample, counted): a loss that ignored them would lose those pixels' labels silently."""
+        iuv = v2.functional.pil_to_tensor(Image.open(io.BytesIO(sample["iuv.png"])).convert("RGB"))
+        parts = iuv[0]
+        bad = (parts > NUM_PARTS) & (parts != UNLABELLED)
+        if bad.any():
+            raise ValueError(f"sample {sample['__key__']} in {sample.get('__url__', '?')}: iuv.png has part ids "
+                             f"{parts[bad].unique().tolist()}; DensePose parts are 1..{NUM_PARTS}, 0 is "
+                             f"background and {UNLABELLED} unlabelled")
+        return tv_tensors.Mask(iuv)
 
 
 class LabelledDataModule(ShardDataModule):

@@ -92,7 +92,8 @@ class PairSampler:
     @staticmethod
     def load(sample: dict, frame: dict) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image = Image.open(io.BytesIO(sample[frame["name"]])).convert("RGB")
-        return tv_tensors.Image(v2.functional.pil_to_tensor(image)), tv_tensors.Mask(person_mask(sample, frame, image.size))
+        mask = person_mask(sample, frame, image.size)
+        return tv_tensors.Image(v2.functional.pil_to_tensor(image)), tv_tensors.Mask(mask)
 
     def __call__(self, sample: dict) -> dict[str, Tensor]:
         group = json.loads(sample["group.json"])

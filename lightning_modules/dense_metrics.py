@@ -3,7 +3,7 @@
 Every metric keeps sums and counts as states with ``dist_reduce_fx="sum"``, so values are exact
 over all pixels / images seen by all ranks, whatever the batch split. Inputs are the decoded
 prediction (``dense_prediction``) and the target ``iuv`` (B, 3, H, W) uint8 as the shards hold
-it: part id (0 background, 1..24; ``UNLABELLED`` = 255, as are ids above 24, is ignored
+it: part id (0 background, 1..24; 255 = ``datamodules.labelled.UNLABELLED``, as are ids above 24, is ignored
 everywhere), U and V scaled 0..255 (meaningful on parts 1..24 only).
 
 What is and isn't the official DensePose-COCO protocol. Official (Güler et al. 2018; the COCO
@@ -30,7 +30,6 @@ from torchmetrics import Metric, MetricCollection
 
 from heads.dense import NUM_PARTS
 
-UNLABELLED = 255
 GPS_THRESHOLDS = tuple(0.5 + 0.05 * i for i in range(10))
 HALF_PART_KAPPA = 0.5 / math.sqrt(2 * math.log(2))  # exp(-0.5**2 / (2 kappa**2)) = 0.5
 

@@ -61,3 +61,11 @@ def test_faulty_shards_train_through_the_cli_and_log_counts(faulty_shards, tmp_p
     # counts are cumulative over training and validation; validation alone holds at least these
     final = {kind: float(rows[-1][f"data/skipped/{kind}"]) for kind in SKIP_KINDS}
     assert final["unreadable_shard"] >= 1 and final["corrupt_image"] >= 1 and final["missing_key"] >= 2
+
+
+def test_a_stream_of_only_unreadable_shards_is_an_error_not_an_endless_loop(tmp_path):
+    for index in range(2):
+        (tmp_path / f"pairs-00000{index}.tar").write_bytes(b"this is not a tar file" * 40)
+    dm = PairDataModule(str(tmp_path), batch_size=2, num_workers=0, image_size=32)
+    with pytest.raises(RuntimeError, match="skips in a row without one good batch"):
+        next(iter(dm.train_dataloader()))

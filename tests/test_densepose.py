@@ -13,11 +13,18 @@ from PIL import Image
 
 from backbone import CroCoNet
 from datamodules import LabelledDataModule
+from datamodules.labelled import UNLABELLED
 from heads import DenseHead
 from heads.dense import NUM_PARTS, evenly_spaced_layers
 from lightning_modules import DensePoseModule
-from lightning_modules.dense_metrics import (UNLABELLED, GPSAveragePrecision, PartSegmentation, UVError,
-                                             dense_prediction, densepose_metrics, point_similarity)
+from lightning_modules.dense_metrics import (
+    GPSAveragePrecision,
+    PartSegmentation,
+    UVError,
+    dense_prediction,
+    densepose_metrics,
+    point_similarity,
+)
 from lightning_modules.densepose import densepose_losses, densepose_picture, part_class_weights
 from tests.conftest import REPO
 from tests.test_gesture import ON_CPU, TINY_MODEL, pretrain_checkpoint
@@ -132,6 +139,30 @@ def test_an_unlabelled_batch_gives_zero_loss_not_nan():
                "v": torch.rand(1, NUM_PARTS, 1, 2)}
     assert {name: value.item() for name, value in densepose_losses(outputs, target).items()} == {"parts": 0.0,
                                                                                               "uv": 0.0}
+
+
+def test_a_part_id_outside_densepose_is_a_counted_bad_sample(body_shards, tmp_path):
+    import io
+
+    import webdataset as wds
+
+    from datamodules.health import SKIP_KINDS, SKIPPED_KEY
+    from datamodules.shards import expand_shards
+
+    samples = list(wds.WebDataset(expand_shards(str(body_shards / "val")), shardshuffle=False))[:3]
+    iuv = np.array(Image.open(io.BytesIO(samples[1]["iuv.png"])))
+    iuv[0, 0, 0] = NUM_PARTS + 6
+    buffer = io.BytesIO()
+    Image.fromarray(iuv).save(buffer, format="PNG")
+    samples[1]["iuv.png"] = buffer.getvalue()
+    with wds.TarWriter(str(tmp_path / "bad-000000.tar")) as writer:
+        for sample in samples:
+            writer.write({key: value for key, value in sample.items() if key != "__url__"})
+    data = LabelledDataModule(str(tmp_path), val_shards=str(tmp_path), label_keys=["iuv.png"], batch_size=4,
+                              num_workers=0, image_size=32)
+    (batch,) = list(data.val_dataloader())
+    assert dict(zip(SKIP_KINDS, batch[SKIPPED_KEY].tolist()))["bad_sample"] == 1
+    assert len(batch["key"]) == 2 and samples[1]["__key__"] not in batch["key"]
 
 
 def test_class_weights():

@@ -184,6 +184,31 @@ def test_cli_synth_writes_shards_and_refuses_stale_ones(tmp_path: Path, capsys: 
     main([*argv, "--workers", "1"])
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["splits"]["train"]["groups"] == 2 and "val" not in manifest["splits"]
-    assert "synth: 2 train + 0 val groups" in capsys.readouterr().out
+    assert "synth: 2 train + 0 val body groups" in capsys.readouterr().out
     with pytest.raises(FileExistsError, match="pairs-000000.tar"):
         main([*argv, "--workers", "1"])
+
+
+def test_hand_groups_are_one_hand_seen_by_static_cameras_and_load_as_pairs(tmp_path: Path) -> None:
+    from datamodules import PairDataModule
+
+    manifest = write_pair_shards(tmp_path, 3, image_size=SIZE, cameras=2, times=2, groups_per_shard=2, val_groups=1,
+                                 task="hand")
+    assert manifest["task"] == "hand"
+    for sample in _read(tmp_path, "train"):
+        frames = _frames(sample)
+        assert len(frames) == 4 and json.loads(sample["group.json"])["subject"].startswith("synth-hand-")
+        world = {}
+        for record, _, mask in frames:
+            assert set(record) == FRAME_KEYS and len(record["joints_3d"]) == 21 and (mask > 127).mean() > 0.02
+            R, t, joints = (np.asarray(record[key]) for key in ("R", "t", "joints_3d"))
+            world.setdefault(record["time"], []).append((joints - t) @ R)  # camera -> world
+            x, y = np.asarray(record["joints_2d"])[0]  # the wrist is inside the crop
+            assert 0 <= x < SIZE and 0 <= y < SIZE
+        for views in world.values():  # cross-view: both cameras see the same hand, 1 mm apart at most
+            np.testing.assert_allclose(views[0], views[1], atol=1e-3)
+        for camera in ("cam0", "cam1"):  # cross-pose: a camera stays where it is
+            assert len({json.dumps([r["R"], r["t"]]) for r, _, _ in frames if r["camera"] == camera}) == 1
+    data = PairDataModule(str(tmp_path / "train"), batch_size=2, num_workers=0, image_size=32)
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image1"].shape == (2, 3, 32, 32) and batch["person1"].sum() > 0

@@ -24,6 +24,7 @@ def _synth(args: argparse.Namespace) -> None:
         workers=args.workers,
         groups_per_shard=args.groups_per_shard,
         val_groups=args.val_groups,
+        task=args.task,
     )
 
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     synth.add_argument("--out", type=Path, required=True, help="folder for train/, val/ and manifest.json")
+    synth.add_argument("--task", choices=TASKS, default="body", help="whole people, or bare hands (the hand model)")
     synth.add_argument("--groups", type=int, default=2000, help="training groups (one person each)")
     synth.add_argument("--val-groups", type=int, default=0, help="validation groups, other people")
     synth.add_argument("--size", type=int, default=128, help="crop side in pixels")

@@ -11,10 +11,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tools.synth.render import Capsules, Ellipsoids, Scene, render
-from tools.synth.skeleton import camera_parameters, forward_kinematics, padded_betas
+from tools.synth.render import Capsules, Checker, Ellipsoids, Scene, render
+from tools.synth.skeleton import (
+    axis_angle_to_matrix,
+    camera_parameters,
+    forward_kinematics,
+    matrix_to_axis_angle,
+    padded_betas,
+)
 from tools.synth.world import (
     Frame,
+    Group,
     crop_intrinsics,
     group_rng,
     look_at,
@@ -175,12 +182,25 @@ def gesture_pose(gesture: Gesture, rng: np.random.Generator | None = None) -> to
     return pose
 
 
-def random_orientation(rng: np.random.Generator) -> torch.Tensor:
-    """Axis-angle (3,) of a uniformly distributed rotation: a normalised Gaussian quaternion."""
-    quaternion = rng.normal(size=4)
-    quaternion *= np.sign(quaternion[0]) / np.linalg.norm(quaternion)  # w >= 0: angle <= pi
-    sin_half = np.linalg.norm(quaternion[1:])
-    return torch.tensor(quaternion[1:] * 2 * np.arctan2(sin_half, quaternion[0]) / sin_half, dtype=torch.float32)
+# A hand shown to a camera (OpenCV axes: x right, y down, z forward): fingers up (hand x -> -y),
+# palm towards the lens (the back, hand y, faces away: +z), so the little finger side (z) is at -x.
+_PRESENTED = torch.tensor([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+_BACK_TO_CAMERA = axis_angle_to_matrix(torch.tensor([np.pi, 0.0, 0.0]))  # half a turn about the fingers
+_TILT_RAD, _ROLL_RAD = 0.8, 0.7
+
+
+def presented_orientation(rng: np.random.Generator, R: torch.Tensor) -> torch.Tensor:
+    """Axis-angle (3,) world orientation of a hand held up to the camera whose world->camera rotation
+    is ``R``: palm or back towards it (even odds), fingers up, tilted out of the image plane by up
+    to 0.8 rad about a random axis and turned in it by up to 0.7 rad. Gestures are shown this way
+    (gesture datasets are), and uniformly random orientations leave many of them unreadable
+    (edge-on, fingers hidden behind the palm)."""
+    in_camera = _PRESENTED @ _BACK_TO_CAMERA if rng.random() < 0.5 else _PRESENTED
+    axis = rng.normal(size=3)
+    tilt = axis_angle_to_matrix(torch.tensor(axis / np.linalg.norm(axis) * rng.uniform(0, _TILT_RAD),
+                                             dtype=torch.float32))
+    roll = axis_angle_to_matrix(torch.tensor([0.0, 0.0, rng.uniform(-_ROLL_RAD, _ROLL_RAD)], dtype=torch.float32))
+    return matrix_to_axis_angle(R.T @ roll @ tilt @ in_camera)
 
 
 @dataclass(frozen=True)
@@ -193,38 +213,46 @@ class HandSample:
 _WRIST_WORLD_M = (0.0, 1.3, 0.0)  # hands float at chest height, clear of floor and backdrop
 
 
-def render_hand(seed: int, index: int, image_size: int) -> HandSample:
-    """Render hand sample `index`: a random hand in gesture `index mod len(GESTURES)` (so classes
-    stay balanced), randomly oriented, seen from 35-60 cm, cropped around it."""
-    rng = group_rng(seed, index)
-    shape = HandShape.sample(rng)
-    gesture = index % len(GESTURES)
-    pose = gesture_pose(GESTURES[gesture], rng)
-    pose[0] = random_orientation(rng)
+def _camera_direction(rng: np.random.Generator) -> torch.Tensor:
+    """Unit vector from the hand to a camera: any azimuth, from slightly below to well above."""
+    azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(-0.3, 1.0)
+    return torch.tensor(
+        [np.cos(elevation) * np.sin(azimuth), np.sin(elevation), np.cos(elevation) * np.cos(azimuth)],
+        dtype=torch.float32,
+    )
+
+
+@dataclass(frozen=True)
+class _PosedHand:
+    pose: torch.Tensor  # (16, 3) axis-angle, world orientation first
+    keypoints_m: torch.Tensor  # (21, 3) world
+    rotations: torch.Tensor  # (21, 3, 3) world
+    scene: Scene
+
+
+def _posed_hand(shape: HandShape, pose: torch.Tensor, clothing: Checker, environment: dict) -> _PosedHand:
     keypoints_m, rotations = forward_kinematics(
         torch.cat([pose, torch.zeros(len(TIP_NAMES), 3)]), hand_rest_offsets(shape), HAND_PARENTS
     )
     keypoints_m = keypoints_m + torch.tensor(_WRIST_WORLD_M)
     capsules, ellipsoids = hand_primitives(shape, keypoints_m, rotations)
-    clothing = skin_clothing(rng, NUM_HAND_JOINTS)
-    scene = Scene(capsules=capsules, ellipsoids=ellipsoids, clothing=clothing, **sample_environment(rng))
-    target_m = ellipsoids.center_m[0]
-    azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(-0.3, 1.0)
-    distance_m = rng.uniform(0.35, 0.6)
-    direction = torch.tensor(
-        [np.cos(elevation) * np.sin(azimuth), np.sin(elevation), np.cos(elevation) * np.cos(azimuth)],
-        dtype=torch.float32,
-    )
-    R, t = look_at(target_m + distance_m * direction, target_m, roll_rad=rng.uniform(-0.3, 0.3))
+    scene = Scene(capsules=capsules, ellipsoids=ellipsoids, clothing=clothing, **environment)
+    return _PosedHand(pose, keypoints_m, rotations, scene)
+
+
+def _hand_frame(hand: _PosedHand, shape: HandShape, R: torch.Tensor, t: torch.Tensor, image_size: int,
+                rng: np.random.Generator, camera: int = 0, time: int = 0) -> Frame:
+    """Render one view of a posed hand, cropped around it, with its labels in that camera."""
+    capsules, ellipsoids = hand.scene.capsules, hand.scene.ellipsoids
     points_m = torch.cat([capsules.start_m, capsules.end_m, ellipsoids.center_m])
     radii_m = torch.cat([capsules.radius_m, capsules.radius_m, ellipsoids.radii_m.amax(1)])
     K = crop_intrinsics(points_m @ R.T + t, radii_m, image_size, rng)
-    rendering = render(scene, K, R, t, image_size)
-    keypoints_cam_m = keypoints_m @ R.T + t
+    rendering = render(hand.scene, K, R, t, image_size)
+    keypoints_cam_m = hand.keypoints_m @ R.T + t
     projected = keypoints_cam_m @ K.T
-    frame = Frame(
-        camera=0,
-        time=0,
+    return Frame(
+        camera=camera,
+        time=time,
         K=K,
         R=R,
         t=t,
@@ -232,7 +260,59 @@ def render_hand(seed: int, index: int, image_size: int) -> HandSample:
         joints_3d_m=keypoints_cam_m,
         bbox_px=mask_bbox(rendering.mask),
         rendering=rendering,
-        body=camera_parameters(pose, rotations[0], keypoints_m[0], shape.betas(), R, t),
-        scene=scene,
+        body=camera_parameters(hand.pose, hand.rotations[0], hand.keypoints_m[0], shape.betas(), R, t),
+        scene=hand.scene,
     )
+
+
+def render_hand(seed: int, index: int, image_size: int) -> HandSample:
+    """Render hand sample `index`: a random hand in gesture `index mod len(GESTURES)` (so classes
+    stay balanced), held up to a camera 35-60 cm away (`presented_orientation`), cropped around it."""
+    rng = group_rng(seed, index)
+    shape = HandShape.sample(rng)
+    gesture = index % len(GESTURES)
+    direction = _camera_direction(rng)
+    distance_m, roll_rad = rng.uniform(0.35, 0.6), rng.uniform(-0.3, 0.3)
+    R, _ = look_at(direction, torch.zeros(3), roll_rad)  # the camera's rotation, before the hand is placed
+    pose = gesture_pose(GESTURES[gesture], rng)
+    pose[0] = presented_orientation(rng, R)
+    hand = _posed_hand(shape, pose, skin_clothing(rng, NUM_HAND_JOINTS), sample_environment(rng))
+    target_m = hand.scene.ellipsoids.center_m[0]
+    R, t = look_at(target_m + distance_m * direction, target_m, roll_rad)
+    frame = _hand_frame(hand, shape, R, t, image_size, rng)
     return HandSample(subject=f"synth-hand-{seed}-{index:07d}", gesture=gesture, frame=frame)
+
+
+_WRIST_DRIFT_RAD, _VIEW_SPREAD_RAD = 0.15, (0.35, 1.0)
+
+
+def render_hand_group(seed: int, index: int, image_size: int, cameras: int, times: int) -> Group:
+    """Render the `cameras` x `times` frames of hand group `index` for pair shards (time-major, as
+    `world.render_group`): one hand moving from one gesture to another over the time steps (the
+    wrist drifting a little), filmed by static cameras around the side it is shown to; camera 0
+    faces it (`presented_orientation`), the others are swung 0.35-1 rad away from it, either way
+    round. Cross-view pairs then see the same fingers from two sides, cross-pose pairs watch them move."""
+    rng = group_rng(seed, index)
+    shape = HandShape.sample(rng)
+    clothing, environment = skin_clothing(rng, NUM_HAND_JOINTS), sample_environment(rng)
+    main = _camera_direction(rng)
+    roll_rad = rng.uniform(-0.3, 0.3)
+    orientation = axis_angle_to_matrix(presented_orientation(rng, look_at(main, torch.zeros(3), roll_rad)[0]))
+    first, last = (gesture_pose(GESTURES[g], rng) for g in rng.integers(len(GESTURES), size=2))
+    hands = []
+    for time in range(times):
+        pose = torch.lerp(first, last, time / max(1, times - 1))
+        drift = torch.tensor(rng.normal(0, _WRIST_DRIFT_RAD, size=3), dtype=torch.float32)
+        pose[0] = matrix_to_axis_angle(axis_angle_to_matrix(drift) @ orientation)
+        hands.append(_posed_hand(shape, pose, clothing, environment))
+    target_m = torch.stack([hand.scene.ellipsoids.center_m[0] for hand in hands]).mean(0)
+    up = torch.tensor([0.0, 1.0, 0.0])
+    rig = []
+    for camera in range(cameras):
+        swing = 0.0 if camera == 0 else rng.choice([-1, 1]) * rng.uniform(*_VIEW_SPREAD_RAD)
+        direction = axis_angle_to_matrix(up * float(swing)) @ main
+        rig.append(look_at(target_m + rng.uniform(0.35, 0.6) * direction, target_m,
+                           roll_rad if camera == 0 else rng.uniform(-0.3, 0.3)))
+    frames = [_hand_frame(hand, shape, R, t, image_size, rng, camera, time)
+              for time, hand in enumerate(hands) for camera, (R, t) in enumerate(rig)]
+    return Group(subject=f"synth-hand-{seed}-{index:07d}", frames=frames)

@@ -21,6 +21,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from tools.synth.hand import render_hand_group
 from tools.synth.world import Frame, render_group
 
 VERSION = "crocoman-synth-pairs/1"
@@ -61,9 +62,14 @@ def _frame_record(frame: Frame, name: str) -> dict:
     }
 
 
-def encode_group(index: int, seed: int, image_size: int, cameras: int, times: int) -> dict[str, str | bytes]:
-    """Render group `index` and encode it as one tar sample (key, group.json, fN.jpg, fN.mask.png)."""
-    group = render_group(seed, index, image_size, cameras, times)
+GROUP_RENDERERS = {"body": render_group, "hand": render_hand_group}
+
+
+def encode_group(index: int, seed: int, image_size: int, cameras: int, times: int,
+                 task: str = "body") -> dict[str, str | bytes]:
+    """Render group `index` of people (task "body") or bare hands ("hand") and encode it as one tar
+    sample (key, group.json, fN.jpg, fN.mask.png)."""
+    group = GROUP_RENDERERS[task](seed, index, image_size, cameras, times)
     sample: dict[str, str | bytes] = {"__key__": f"group{index:07d}"}
     records = []
     for number, frame in enumerate(group.frames):
@@ -183,18 +189,21 @@ def write_pair_shards(
     workers: int = 1,
     groups_per_shard: int = 100,
     val_groups: int = 0,
+    task: str = "body",
 ) -> dict:
     """Render `num_groups` train (and `val_groups` validation) groups of `cameras` x `times`
-    frames into `out_dir/{train,val}/pairs-%06d.tar` and return the manifest also written to
-    `out_dir/manifest.json`. Validation groups follow the train indices, so they are
-    different people."""
+    frames of people (`task` "body") or hands ("hand") into `out_dir/{train,val}/pairs-%06d.tar`
+    and return the manifest also written to `out_dir/manifest.json`. Validation groups follow the
+    train indices, so they are different people."""
+    if task not in GROUP_RENDERERS:
+        raise ValueError(f"task must be one of {sorted(GROUP_RENDERERS)}, got {task!r}")
     check_at_least(
         "write_pair_shards", num_groups=(num_groups, 1), image_size=(image_size, 16), cameras=(cameras, 1),
         times=(times, 1), workers=(workers, 1), groups_per_shard=(groups_per_shard, 1), val_groups=(val_groups, 0),
     )  # fmt: skip
     out = Path(out_dir)
     started = time.perf_counter()
-    job = partial(encode_group, seed=seed, image_size=image_size, cameras=cameras, times=times)
+    job = partial(encode_group, seed=seed, image_size=image_size, cameras=cameras, times=times, task=task)
     splits = split_indices(num_groups, val_groups)
     shards = write_sample_shards(out, splits, job, workers, groups_per_shard, SHARD_PATTERN, desc="synth", unit="group")
     seconds = time.perf_counter() - started
@@ -202,6 +211,7 @@ def write_pair_shards(
               for split, indices in splits.items()}
     manifest = {
         "version": VERSION,
+        "task": task,
         "seed": seed,
         "image_size": image_size,
         "cameras": cameras,
@@ -213,7 +223,7 @@ def write_pair_shards(
         "generation_seconds": round(seconds, 2),
     }
     total = num_groups + val_groups
-    return save_manifest(out, manifest, f"synth: {num_groups} train + {val_groups} val groups "
+    return save_manifest(out, manifest, f"synth: {num_groups} train + {val_groups} val {task} groups "
                                         f"({total * cameras * times} frames of {image_size} px, "
                                         f"{total / seconds:.1f} groups/s, {workers} workers)")
 
