@@ -44,7 +44,7 @@ $(BODIES)/manifest.json: | $(INSTALLED)
 	$(BIN)/crocoman-data labelled --task body --out $(BODIES) --samples 2000 --val-samples 200 --size 128 --workers 2
 
 $(HANDS)/manifest.json: | $(INSTALLED)
-	$(BIN)/crocoman-data labelled --task hand --out $(HANDS) --samples 2000 --val-samples 200 --size 128 --workers 2
+	$(BIN)/crocoman-data labelled --task hand --out $(HANDS) --samples 8000 --val-samples 400 --size 128 --workers 2
 
 $(BODY_MODELS)/smpl/SMPL_NEUTRAL.pkl: | $(INSTALLED)
 	$(BIN)/crocoman-data body-models --out $(BODY_MODELS)

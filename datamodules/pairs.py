@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from datamodules.base import ShardDataModule
 
-CROSS_VIEW, CROSS_POSE = 0, 1
+CROSS_VIEW, CROSS_POSE, SINGLE_IMAGE = 0, 1, 2  # pair_type values (lightning_modules.PAIR_TYPES names them)
 
 
 def candidate_pairs(frames: list[dict],
@@ -107,7 +107,7 @@ class PairSampler:
         else:  # one call draws one set of random parameters for everything passed
             image1, person1, image2 = self.transform(image1, person1, image2)
         if self.single_image:  # MAE: image 1 is drawn as in the pair arms, image 2 tells nothing about it
-            image2 = torch.zeros_like(image2)
+            image2, pair_type = torch.zeros_like(image2), SINGLE_IMAGE
         return {"image1": image1.as_subclass(Tensor), "image2": image2.as_subclass(Tensor),
                 "person1": person1.as_subclass(Tensor).float(), "pair_type": torch.tensor(pair_type),
                 "key": sample["__key__"]}

@@ -8,7 +8,7 @@ from lightning_modules.base import CrocoTask
 from lightning_modules.losses import masked_patch_mse, sum_by_pair_type
 from lightning_modules.visualize import log_picture, reconstruct_pixels, reconstruction_grid
 
-PAIR_TYPES = ("cross_view", "cross_pose")
+PAIR_TYPES = ("cross_view", "cross_pose", "single_image")  # indexed by the batches' pair_type
 
 
 class PretrainModule(CrocoTask):
@@ -16,7 +16,8 @@ class PretrainModule(CrocoTask):
 
     Batches carry ``image1``, ``image2`` (B, 3, H, W) in [0, 1], ``pair_type`` (index into
     ``PAIR_TYPES``) and, for human masking, ``person1`` (B, H, W). The loss is logged per pair
-    type (``loss/cross_view``, ``loss/cross_pose``) and their sum as ``loss``.
+    type (``loss/cross_view``, ``loss/cross_pose``; ``loss/single_image`` for the MAE baseline of
+    ``PairDataModule(single_image=True)``) and their sum as ``loss``.
 
     Args:
         masking: which patches to hide (``backbone.RandomMasking`` or ``backbone.HumanMasking``);

@@ -12,7 +12,7 @@ from PIL import Image
 from backbone import CroCoNet, RandomMasking
 from datamodules import PairDataModule
 from heads import CompletionHead
-from lightning_modules import PretrainModule
+from lightning_modules import PAIR_TYPES, PretrainModule
 from tools.study import ARMS, TASKS, ensure_data, label_subset, load_preset
 from tools.study import run_study as study
 
@@ -28,7 +28,9 @@ def test_mae_arm_cannot_see_its_hidden_patches(pair_shards):
     'image 2 = image 1' it changes, which is what the blank image 2 prevents."""
     batch = single_image_batch(pair_shards, single_image=True)
     assert batch["image2"].abs().sum() == 0 and batch["image1"].std() > 0.01
-    assert single_image_batch(pair_shards, single_image=False)["image2"].abs().sum() > 0
+    assert PAIR_TYPES[batch["pair_type"][0]] == "single_image" and len(set(batch["pair_type"].tolist())) == 1
+    pairs = single_image_batch(pair_shards, single_image=False)
+    assert pairs["image2"].abs().sum() > 0 and "single_image" not in {PAIR_TYPES[t] for t in pairs["pair_type"]}
     torch.manual_seed(0)
     module = PretrainModule(CroCoNet(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
                                      decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2), CompletionHead(),

@@ -2,7 +2,7 @@
 labelled shards and smplx-loadable body-model files."""
 
 from tools.synth.bodymodel import write_body_models
-from tools.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HandShape, render_hand
+from tools.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HandShape, render_hand, render_hand_group
 from tools.synth.labelled import encode_labelled, write_labelled_shards
 from tools.synth.render import Rendering, Scene, render
 from tools.synth.shards import encode_group, write_pair_shards
@@ -29,6 +29,7 @@ __all__ = [
     "render",
     "render_group",
     "render_hand",
+    "render_hand_group",
     "write_body_models",
     "write_labelled_shards",
     "write_pair_shards",
