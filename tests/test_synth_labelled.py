@@ -172,6 +172,22 @@ def test_hand_gestures_are_balanced_and_named_by_the_manifest(hand_shards: tuple
     assert np.bincount(classes).min() == HAND_TRAIN // len(GESTURE_NAMES)
 
 
+def test_hands_are_held_up_to_the_camera_palm_or_back_first(hand_shards: tuple) -> None:
+    """Fingers point up in the image, and the hand shows its palm to the camera about half the time."""
+    root, _ = hand_shards
+    wrist, middle, index, pinky = (HAND_KEYPOINT_NAMES.index(name) for name in ("wrist", "middle1", "index1", "pinky1"))
+    palm_first = []
+    for sample in _read(root):
+        frame = _rendered_frame("hand", _index(sample))
+        points = frame.joints_2d_px
+        up = points[wrist] - points[middle]  # image y grows downwards
+        assert up[1] > 0.3 * up.norm(), f"{sample['__key__']}: the fingers do not point up"
+        joints = frame.joints_3d_m  # camera frame: the palm faces the lens when its normal points to -z
+        palm_normal = torch.linalg.cross(joints[index] - joints[wrist], joints[pinky] - joints[wrist])  # right hand
+        palm_first.append(bool(palm_normal[2] < 0))
+    assert 0.2 < np.mean(palm_first) < 0.8
+
+
 @pytest.mark.parametrize("task", ["body", "hand"])
 def test_smplx_meshes_of_the_labels_land_on_the_crop(
     task: str, body_shards: tuple, hand_shards: tuple, model_root: tuple[Path, str]
