@@ -112,15 +112,17 @@ def test_study_end_to_end_on_toy_data_and_resume(tmp_path, capsys):
     assert f"{mesh_100:.2f} ± 0.00" in row and row.count("±") == 2
     assert "| commit |" in table and "| wall time |" in table and "crocoman-study --preset" in table
     assert Image.open(out / "plot.png").size[0] > 400
-    configs = [yaml.safe_load(p.read_text()) for p in (tmp_path / "runs/toy/finetune/scratch").rglob("study_config.yaml")]
+    toy = tmp_path / "runs/toy"
+    configs = [yaml.safe_load(p.read_text()) for p in (toy / "finetune/scratch").rglob("study_config.yaml")]
     assert len(configs) == 2 and all(c["model"]["init_args"]["pretrained"] is None for c in configs)
-    view = yaml.safe_load((tmp_path / "runs/toy/finetune/view/gesture/50pct/seed0/study_config.yaml").read_text())
-    assert view["model"]["init_args"]["pretrained"] == str(tmp_path / "runs/toy/pretrain/view/seed0/checkpoints/last.ckpt")
-    assert Path(view["model"]["init_args"]["pretrained"]).is_file() and len(view["data"]["init_args"]["train_shards"]) == 1
-    mae = yaml.safe_load((tmp_path / "runs/toy/pretrain/mae/seed0/study_config.yaml").read_text())
+    view = yaml.safe_load((toy / "finetune/view/gesture/50pct/seed0/study_config.yaml").read_text())
+    pretrained = view["model"]["init_args"]["pretrained"]
+    assert pretrained == str(toy / "pretrain/view/seed0/checkpoints/last.ckpt")
+    assert Path(pretrained).is_file() and len(view["data"]["init_args"]["train_shards"]) == 1
+    mae = yaml.safe_load((toy / "pretrain/mae/seed0/study_config.yaml").read_text())
     assert mae["data"]["init_args"]["single_image"] is True
     assert mae["trainer"]["logger"][0]["init_args"]["group"] == "study-toy"
-    assert list((tmp_path / "runs/toy/pretrain/mae/seed0/wandb").glob("offline-run-*"))
+    assert list((toy / "pretrain/mae/seed0/wandb").glob("offline-run-*"))
 
     # Resume: a lost result is redone, the others are reused, and the table is the same.
     (tmp_path / "runs/toy/finetune/mae/gesture/50pct/seed0/result.json").unlink()
