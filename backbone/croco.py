@@ -142,18 +142,25 @@ class CroCoNet(nn.Module):
             x = x + self.enc_pos_embed
         return x, self.grid_positions(x.shape[0], grid, x.device)
 
-    def encode(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def encode(self, images: Tensor, mask: Tensor | None = None,
+               num_visible: int | None = None) -> tuple[Tensor, Tensor]:
         """Encode images in [0, 1] (ImageNet normalisation happens here).
 
         ``mask`` (B, rows, cols) bool, True = hidden, must hide the same number of patches in every
-        image; only the visible tokens are encoded and returned, with their (row, col) positions.
+        image; only the visible tokens are encoded and returned, with their (row, col) positions,
+        row-major. ``num_visible``: that number of visible patches, when the caller knows it
+        (``masking.num_masked``); without it, it is read off the mask, which costs a device-to-host
+        copy per call on a GPU (as boolean indexing would, which also breaks a compiled graph).
         """
         x, positions = self._embed(images)
         if mask is not None:
-            B, _, D = x.shape
-            visible = ~mask.flatten(1)
-            x = x[visible].reshape(B, -1, D)
-            positions = positions[visible].reshape(B, -1, 2)
+            hidden = mask.flatten(1)
+            if num_visible is None:
+                num_visible = hidden.shape[1] - int(hidden[0].sum())
+            # A stable sort puts the visible patches (0) first, in grid order: the order decode() fills.
+            keep = hidden.to(torch.uint8).argsort(dim=1, stable=True)[:, :num_visible, None]
+            x = x.gather(1, keep.expand(-1, -1, x.shape[-1]))
+            positions = positions.gather(1, keep.expand(-1, -1, 2))
         for block in self.enc_blocks:
             x = block(x, positions)
         return self.enc_norm(x), positions

@@ -34,17 +34,19 @@ class PretrainModule(CrocoTask):
         self.norm_pix = norm_pix
         self.picture_every_n_steps = picture_every_n_steps
 
-    def forward(self, image1: Tensor, image2: Tensor, mask1: Tensor) -> Tensor:
-        """Predicted patches of image 1, (B, N, patch_size**2 * 3), for a given mask."""
-        tokens1, pos1 = self.backbone.encode(image1, mask1)
+    def forward(self, image1: Tensor, image2: Tensor, mask1: Tensor, num_visible: int | None = None) -> Tensor:
+        """Predicted patches of image 1, (B, N, patch_size**2 * 3), for a given mask (and its number of
+        visible patches per image, if known: see ``CroCoNet.encode``)."""
+        tokens1, pos1 = self.backbone.encode(image1, mask1, num_visible)
         tokens2, pos2 = self.backbone.encode(image2)
         return self.head(self.backbone.decode(tokens1, pos1, tokens2, pos2, mask1))
 
     def complete(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Mask image 1, predict its patches; returns the mask, the prediction and the loss terms."""
         image1 = batch["image1"]
-        mask = self.masking(image1.shape[0], self.backbone.image_grid(image1), batch.get("person1"), image1.device)
-        pred = self(image1, batch["image2"], mask)
+        grid = self.backbone.image_grid(image1)
+        mask = self.masking(image1.shape[0], grid, batch.get("person1"), image1.device)
+        pred = self(image1, batch["image2"], mask, grid[0] * grid[1] - self.masking.num_masked(grid))
         per_sample = masked_patch_mse(pred, patchify(image1, self.backbone.patch_size), mask.flatten(1), self.norm_pix)
         return mask, pred, sum_by_pair_type(per_sample, batch["pair_type"], PAIR_TYPES)
 

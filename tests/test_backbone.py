@@ -30,6 +30,26 @@ def test_presets_shapes(preset, embed_dim, depth):
     assert head(decoded).shape == (1, 196, 16 * 16 * 3)
 
 
+
+@torch.no_grad()
+def test_masked_encode_keeps_the_visible_tokens_in_grid_order_and_traces_without_a_break():
+    net = small_net().eval()
+    images = torch.rand(3, 3, 64, 64)
+    masking = RandomMasking(0.75)
+    mask = masking(3, net.patch_grid)
+    num_visible = 16 - masking.num_masked(net.patch_grid)
+    # Reference: boolean indexing (row-major visible patches) through the same blocks.
+    x, positions = net._embed(images)
+    x, positions = x[~mask.flatten(1)].reshape(3, num_visible, -1), positions[~mask.flatten(1)].reshape(3, -1, 2)
+    for block in net.enc_blocks:
+        x = block(x, positions)
+    for tokens, pos in (net.encode(images, mask), net.encode(images, mask, num_visible)):
+        assert torch.equal(pos, positions)
+        torch.testing.assert_close(tokens, net.enc_norm(x))
+    # With the count given, the gather needs no data-dependent shape: one graph, no host sync.
+    traced = torch.compile(net.encode, backend="eager", fullgraph=True)
+    torch.testing.assert_close(traced(images, mask, num_visible)[0], net.enc_norm(x))
+
 def test_visible_positions_are_the_unmasked_patches():
     net = small_net()
     mask = RandomMasking(0.75)(3, (4, 4))
