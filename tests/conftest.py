@@ -1,9 +1,11 @@
 """Shared fixtures: real shards on disk, written by our own synthetic-world tool."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tools.synth import write_pair_shards
 
@@ -21,6 +23,17 @@ def pair_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_pair_shards(out, num_groups=24, val_groups=8, image_size=64, cameras=2, times=3, seed=0,
                       groups_per_shard=8)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models and many small tensor ops run no faster on a second intra-op thread, and on cores
+    shared with other jobs it only adds synchronisation (several times the work). Module scope, and
+    requested through ``pytestmark``, so module-scoped fixtures that render or build models get it too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,8 @@ from tools import bench
 from tools.flops import CroCoDims, pretrain_step_flops
 from tools.synth.bodymodel import write_body_models
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = {"img_size": 64, "embed_dim": 64, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 2,
         "decoder_num_heads": 2}
 # Every fine-tuning config at tiny size: the backbone and data above, each head small in its own arguments.
@@ -29,15 +31,6 @@ TINY_FINETUNE = {**{f"model.init_args.backbone.init_args.{key}": value for key, 
 TINY_MESH_HEAD = {"dim": 32, "depth": 1, "num_heads": 2}
 TINY_HEADS = {"gesture": {}, "body_mesh_smpl": TINY_MESH_HEAD, "body_mesh_model_free": TINY_MESH_HEAD,
               "hand_mesh_mano": TINY_MESH_HEAD, "densepose": {"features": 16}}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These are smoke runs of the timing code on a shared machine, where a second thread only contends."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

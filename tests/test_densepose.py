@@ -31,6 +31,8 @@ from tests.test_gesture import ON_CPU, TINY_MODEL, pretrain_checkpoint
 from tools.main import main
 from tools.synth import write_labelled_shards
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="session")
 def body_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -38,15 +40,6 @@ def body_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bodies")
     write_labelled_shards(out, 64, task="body", image_size=64, samples_per_shard=16, val_samples=16)
     return out
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run no faster on two threads, and on CPUs shared with other jobs two threads can run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def iuv_map(parts: list[list[int]], u: float | list[list[float]] = 0.0, v: float = 0.0) -> torch.Tensor:

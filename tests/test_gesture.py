@@ -162,16 +162,7 @@ def test_gpu_config_runs_on_cpu_at_tiny_size_and_tests_its_checkpoint(hand_shard
     assert list((run / "pictures").glob("test_confusion_*.png"))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run no faster on two threads, and on CPUs shared with other jobs two threads can run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_short_fit_learns_a_separable_toy_set(toy_shards, tmp_path, one_thread):
+def test_short_fit_learns_a_separable_toy_set(toy_shards, tmp_path, one_torch_thread):
     seed_everything(0)
     backbone = CroCoNet(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, decoder_embed_dim=32,
                         decoder_depth=1, decoder_num_heads=2)

@@ -13,7 +13,7 @@ import webdataset as wds
 from jsonargparse import ArgumentParser
 from lightning import LightningDataModule
 from PIL import Image
-from test_synth_bodymodel import load_model, single_threaded_torch  # noqa: F401 (autouse fixture)
+from test_synth_bodymodel import load_model
 
 from datamodules import MeshDataModule
 from datamodules.health import SKIP_KINDS, SKIPPED_KEY
@@ -24,6 +24,8 @@ from datamodules.mirror import SMPL_JOINT_NAMES, mirror_permutation, vertex_mirr
 from heads.rotations import axis_angle_to_matrix
 from tools.synth import write_labelled_shards
 from tools.synth.bodymodel import write_body_models
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZE = 64
 # 4D-Humans' FLIP_KEYPOINT_PERMUTATION (hmr2/datasets/image_dataset.py): OpenPose BODY_25, then SPIN's 19.

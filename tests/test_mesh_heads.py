@@ -5,7 +5,6 @@ the model-free head's fixed upsampling keeps the template."""
 import contextlib
 import io
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,8 @@ from heads.parametric import UPRIGHT, sincos_position_embedding
 from heads.rotations import axis_angle_to_matrix, matrix_to_rotation_6d
 from tools.synth.bodymodel import write_body_models
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MODEL_TYPES = ("smpl", "smplx", "mano")
 SMPLX_CREATE_KWARGS = {"smpl": {}, "smplx": {"ext": "npz"}, "mano": {"ext": "npz", "is_rhand": True}}
 HEAD_SIZE = {"dim": 32, "depth": 1, "num_heads": 2}
@@ -32,15 +33,6 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with contextlib.redirect_stdout(io.StringIO()):
         write_body_models(root)
     return root
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded_torch() -> Iterator[None]:
-    """Small tensor ops: extra intra-op threads only add synchronisation on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

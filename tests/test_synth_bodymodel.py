@@ -5,7 +5,6 @@ depth. Helpers here are shared with test_synth_labelled."""
 import contextlib
 import io
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,14 @@ from tools.synth.cli import main
 from tools.synth.hand import GESTURES, gesture_pose
 from tools.synth.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 128
 COUNTS = {"smpl": (6890, 24), "smplx": (10475, 55), "mano": (778, 16)}  # vertices, joints
 # How the files are loaded: MANO is npz (no pickle) and our hand poses are 45 axis-angle values
 # relative to the flat hand.
 LOAD_KWARGS = {"smpl": {}, "smplx": {}, "mano": {"ext": "npz", "use_pca": False, "flat_hand_mean": True}}
 POSE_ARGUMENT = {"smpl": "body_pose", "smplx": "body_pose", "mano": "hand_pose"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded_torch() -> Iterator[None]:
-    """Rendering and posing are many small tensor ops: extra intra-op threads only add
-    synchronisation, which costs several times the work when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

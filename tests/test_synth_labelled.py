@@ -14,7 +14,6 @@ from test_synth_bodymodel import (  # noqa: F401 (fixtures used by name)
     model_root,
     posed,
     project,
-    single_threaded_torch,
 )
 
 from tools.synth import (
@@ -31,6 +30,8 @@ from tools.synth.hand import HAND_PARENTS, HAND_PRIMITIVE_JOINTS
 from tools.synth.labelled import encode_labelled, own_primitives
 from tools.synth.skeleton import PARENTS
 from tools.synth.world import PRIMITIVE_JOINTS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZE = 128
 BODY_TRAIN, BODY_VAL = 12, 4
