@@ -50,6 +50,11 @@ class MeshRecoveryModule(FinetuneTask):
         root_joint: the joint 3D errors are taken relative to (pelvis, wrist).
         keypoints_2d_weight, keypoints_3d_weight, vertices_weight, params_weight, prior_weight:
             loss weights; a term's samples are those whose ``has`` flag is set.
+        body_frame_3d: compare 3D joints and vertices as if the prediction had the labelled global
+            orientation (samples with parameters; parametric heads): the 3D terms then supervise the
+            pose alone, and the orientation learns from its own rotation term and the 2D keypoints.
+            Where the heading is hard to read from the image, camera-frame 3D terms otherwise pull
+            every limb towards the average over headings, a collapsed body.
         fscore_thresholds_mm: vertex F-scores to report (FreiHAND: 5 and 15).
         pictures: how many validation samples the mesh picture shows.
         **kwargs: ``freeze_encoder``, ``layer_decay`` of ``FinetuneTask``; backbone, head,
@@ -59,6 +64,7 @@ class MeshRecoveryModule(FinetuneTask):
     def __init__(self, *args, body_model: BodyModel | None = None, num_joints: int | None = None,
                  root_joint: int = 0, keypoints_2d_weight: float = 1.0, keypoints_3d_weight: float = 1.0,
                  vertices_weight: float = 1.0, params_weight: float = 0.1, prior_weight: float = 1e-3,
+                 body_frame_3d: bool = False,
                  fscore_thresholds_mm: tuple[float, ...] = (), pictures: int = 4, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.body_model = body_model
@@ -122,17 +128,21 @@ class MeshRecoveryModule(FinetuneTask):
         hp, has = self.hparams, batch["has"]
         joints = self.num_joints(out, batch)
         root = hp.root_joint
+        pred_joints, pred_vertices = out["joints"], out["vertices"]
+        if hp.body_frame_3d and "global_orient" in out:
+            align = self.labelled_orientation(out, batch)
+            pred_joints, pred_vertices = pred_joints @ align.mT, pred_vertices @ align.mT
         terms = {
             "keypoints_2d": hp.keypoints_2d_weight * masked_mean(
                 keypoint_2d_loss(out["keypoints_2d"][:, :joints], batch["keypoints_2d"][:, :joints],
                                  batch["image"].shape[-1]), has["keypoints_2d"]),
             "keypoints_3d": hp.keypoints_3d_weight * masked_mean(
-                keypoint_3d_loss(out["joints"][:, :joints], batch["keypoints_3d"][:, :joints], root),
+                keypoint_3d_loss(pred_joints[:, :joints], batch["keypoints_3d"][:, :joints], root),
                 has["keypoints_3d"]),
         }
         target_vertices, has_vertices = targets
         if target_vertices is not None:
-            pred_vertices = out["vertices"] - out["joints"][:, root:root + 1]
+            pred_vertices = pred_vertices - pred_joints[:, root:root + 1]
             terms["vertices"] = hp.vertices_weight * masked_mean(vertex_loss(pred_vertices, target_vertices),
                                                                  has_vertices)
         if "pose" in out:
@@ -144,6 +154,15 @@ class MeshRecoveryModule(FinetuneTask):
             terms["params"] = hp.params_weight * masked_mean(params, has["params"])
             terms["prior"] = hp.prior_weight * pose_prior(out["pose"], out["betas"]).mean()
         return terms
+
+    @staticmethod
+    def labelled_orientation(out: dict[str, Tensor], batch: dict) -> Tensor:
+        """(B, 3, 3) rotation taking the predicted global orientation to the labelled one (identity
+        for samples without parameters): applied to predicted points, it swaps the orientation."""
+        predicted = out["global_orient"][:, 0]
+        labelled = axis_angle_to_matrix(batch["global_orient"]).to(predicted.dtype)
+        labelled = labelled.where(batch["has"]["params"][:, None, None], predicted)
+        return labelled @ predicted.mT
 
     def num_joints(self, out: dict[str, Tensor], batch: dict) -> int:
         labelled = batch["keypoints_3d"].shape[1]

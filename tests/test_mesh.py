@@ -14,6 +14,7 @@ from backbone import CroCoNet
 from datamodules import MeshDataModule
 from heads.body_model import BodyModel
 from heads.parametric import ParametricHead
+from heads.rotations import axis_angle_to_matrix
 from lightning_modules import MeshRecoveryModule
 from lightning_modules.mesh_losses import keypoint_2d_loss, keypoint_3d_loss, masked_mean, pose_prior, project
 from tests.conftest import REPO
@@ -146,3 +147,38 @@ def test_fine_tuning_lowers_pa_mpjpe_on_synthetic_bodies(mesh_shards, body_model
     after = trainer.validate(module, datamodule=data, verbose=False)[0]
     assert after["val/pa_mpjpe"] < 0.6 * before["val/pa_mpjpe"], (before, after)
     assert after["val/mpjpe"] < before["val/mpjpe"] and after["val/pve"] < before["val/pve"]
+
+
+@pytest.mark.parametrize("body_frame_3d", [False, True])
+def test_body_frame_3d_terms_ignore_only_a_wrong_global_orientation(body_model_root, body_frame_3d):
+    """The labelled pose under another global orientation: in the body's frame the 3D terms see no
+    error (the orientation is left to its rotation term), in the camera frame they do; a wrong pose
+    is an error either way."""
+    torch.manual_seed(0)
+    body_model = BodyModel("smpl", str(body_model_root))
+    backbone = CroCoNet(img_size=32, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                        decoder_num_heads=2)
+    module = MeshRecoveryModule(backbone, ParametricHead("smpl", dim=32, depth=1, num_heads=2), body_model=body_model,
+                                body_frame_3d=body_frame_3d)
+    labelled_orient, pose = torch.randn(2, 3), 0.3 * torch.randn(2, 69)
+    vertices, joints = body_model.from_axis_angle(labelled_orient, pose, torch.zeros(2, 10))
+    batch = {"image": torch.zeros(2, 3, 32, 32), "global_orient": labelled_orient, "body_pose": pose,
+             "betas": torch.zeros(2, 10), "keypoints_2d": torch.zeros(2, 24, 3),
+             "keypoints_3d": torch.cat([joints[:, :24], torch.ones(2, 24, 1)], dim=-1),
+             "has": {name: torch.ones(2, dtype=torch.bool) for name in ("keypoints_2d", "keypoints_3d", "params")}}
+
+    def terms(predicted_orient: torch.Tensor, predicted_pose: torch.Tensor) -> dict[str, torch.Tensor]:
+        orient = axis_angle_to_matrix(predicted_orient)[:, None]
+        rotations = axis_angle_to_matrix(predicted_pose.unflatten(1, (23, 3)))
+        vertices, joints = body_model(orient, rotations, torch.zeros(2, 10))
+        out = {"global_orient": orient, "pose": rotations, "betas": torch.zeros(2, 10), "vertices": vertices,
+               "joints": joints, "keypoints_2d": torch.zeros(2, 45, 2)}
+        return module.losses(out, batch, module.targets(batch))
+
+    assert terms(labelled_orient, pose)["keypoints_3d"] < 1e-5
+    wrong_orientation = terms(labelled_orient + torch.tensor([0.0, 1.5, 0.0]), pose)
+    for name in "keypoints_3d", "vertices":
+        assert (wrong_orientation[name] < 1e-5) == body_frame_3d, (name, wrong_orientation[name])
+    assert wrong_orientation["params"] > 0.1
+    wrong_pose = terms(labelled_orient, pose + 0.5)
+    assert wrong_pose["keypoints_3d"] > 0.05 and wrong_pose["vertices"] > 0.02
