@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import smplx
 import torch
+from smplx.joint_names import JOINT_NAMES
 from smplx.utils import Struct
 from torch import Tensor, nn
 
@@ -26,6 +27,18 @@ ModelType = Literal["smpl", "smplx", "mano"]
 
 POSE_JOINTS = {"smpl": 23, "smplx": 21, "mano": 15}  # rotations below the root (global orientation)
 POSE_NAME = {"smpl": "body_pose", "smplx": "body_pose", "mano": "hand_pose"}
+# smplx's joint names: its SMPL-X skeleton first, then the joints read off the surface (face, feet,
+# fingertips) that SMPL's layer appends too; SMPL's last two skeleton joints are its hands.
+_SURFACE_JOINTS = JOINT_NAMES[55:76]
+MANO_JOINT_NAMES = (
+    "wrist", "index1", "index2", "index3", "middle1", "middle2", "middle3", "pinky1", "pinky2", "pinky3",
+    "ring1", "ring2", "ring3", "thumb1", "thumb2", "thumb3",
+)  # fmt: skip
+JOINT_NAMES_OF = {
+    "smpl": (*JOINT_NAMES[:22], "left_hand", "right_hand", *_SURFACE_JOINTS),
+    "smplx": tuple(JOINT_NAMES),
+    "mano": MANO_JOINT_NAMES,
+}
 _WHERE = {"smpl": "https://smpl.is.tue.mpg.de", "smplx": "https://smpl-x.is.tue.mpg.de",
           "mano": "https://mano.is.tue.mpg.de"}
 
@@ -61,6 +74,8 @@ class BodyModel(nn.Module):
         pose_name: the label key those rotations come from (``body_pose`` / ``hand_pose``).
         num_vertices, num_joints: sizes of the outputs; joints are smplx's (e.g. SMPL: 24 skeleton
             joints then 21 surface points).
+        joint_names: the name of each output joint, in smplx's naming (``pelvis``, ``left_wrist``,
+            ``nose``, ``left_big_toe`` ...; MANO: ``wrist``, ``index1`` ... ``thumb3``).
         faces: (F, 3) long triangle indices, on the model's device.
         layer: the smplx ``*Layer`` module (``v_template``, ``J_regressor``, ``lbs_weights`` ...).
 
@@ -91,6 +106,10 @@ class BodyModel(nn.Module):
         self.num_vertices = layer.v_template.shape[0]
         with torch.no_grad():
             self.num_joints = layer().joints.shape[1]
+        self.joint_names = JOINT_NAMES_OF[model_type][:self.num_joints]
+        if len(self.joint_names) != self.num_joints:
+            raise NotImplementedError(f"{model_type}: smplx outputs {self.num_joints} joints, only "
+                                      f"{len(self.joint_names)} are named")
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "BodyModel":
         """Device moves and dtype casts reach the hidden smplx layer too."""

@@ -70,7 +70,7 @@ class VertexHead(Head):
 
     Buffers (persistent): ``coarse_index`` (num_coarse,) template vertices kept in the coarse mesh,
     ``template_coarse`` (num_coarse, 3), ``upsample_index`` and ``upsample_weight`` (V, neighbours),
-    ``joint_regressor`` (J, V), ``faces`` (F, 3).
+    ``joint_regressor`` (J, V), ``faces`` (F, 3); ``joint_names`` as ``BodyModel``'s.
 
     Args:
         model_type: ``smpl``, ``smplx`` or ``mano``: the topology to predict.
@@ -104,6 +104,7 @@ class VertexHead(Head):
         self.register_buffer("joint_regressor", joint_regressor.float())
         self.register_buffer("faces", body.faces.clone())
         self.register_buffer("mean_camera", torch.tensor(MEAN_CAMERA))
+        self.joint_names = body.joint_names
 
     def bind(self, backbone: nn.Module) -> None:
         self.decoder = TokenDecoder(backbone.embed_dim, backbone.patch_grid, self.dim, self.depth, self.num_heads,

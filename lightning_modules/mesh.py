@@ -6,6 +6,9 @@ itself. Everything after that (camera, losses, metrics, pictures, predictions) i
 bodies and hands, parametric or not, differ only in YAML.
 """
 
+from functools import cached_property
+
+from lightning import LightningDataModule
 from torch import Tensor
 from torchmetrics import MetricCollection
 from torchvision.utils import make_grid
@@ -27,6 +30,8 @@ from lightning_modules.mesh_metrics import FScore, MeanPointError
 from lightning_modules.mesh_render import draw_keypoints, overlay_mesh
 from lightning_modules.visualize import log_picture
 
+KEYPOINT_ALIASES = {"mid_hip": "pelvis"}  # OpenPose's MidHip is SMPL's pelvis (as 4D-Humans maps it)
+
 
 class MeshRecoveryModule(FinetuneTask):
     """Regress a body or hand mesh from a person crop.
@@ -37,6 +42,12 @@ class MeshRecoveryModule(FinetuneTask):
     ``keypoints_3d``, ``params``, ``vertices``). The predicted mesh is placed in the camera with the
     head's weak-perspective camera and projected with the crop's own ``K``.
 
+    Labels and predictions are compared on the joints whose names they share: the label keypoint
+    names come from the DataModule (``keypoint_names``: the manifest's, or 4D-Humans' OpenPose +
+    extra order), the model's from smplx (``BodyModel.joint_names``), so SMPL labels meet SMPL-X's
+    22 body joints and 4D-Humans' 44 keypoints its 25 OpenPose ones (``mid_hip`` is the pelvis),
+    whatever the order. Without names (no DataModule) label keypoint ``i`` is model joint ``i``.
+
     Logged: ``loss`` and its terms ``loss/<term>``; per validation/test epoch ``mpjpe``,
     ``pa_mpjpe``, ``pve``, ``pa_pve`` in mm and the F-scores ``f@<t>mm`` (hands), plus a picture of
     meshes over the first validation images (``val/meshes``).
@@ -44,10 +55,7 @@ class MeshRecoveryModule(FinetuneTask):
     Args:
         body_model: ``heads.BodyModel`` (smpl / smplx / mano). Required with ``ParametricHead``;
             with ``VertexHead`` optional: it then turns labelled parameters into target vertices.
-        num_joints: how many leading joints the model's and the labels' keypoint lists share (SMPL
-            labels: 24 for smpl, 22 for smplx, whose joint 22 is the jaw; MANO: 16). None: all
-            joints the labels have.
-        root_joint: the joint 3D errors are taken relative to (pelvis, wrist).
+        root_joint: among the joints compared, the one 3D errors are taken relative to (pelvis, wrist).
         keypoints_2d_weight, keypoints_3d_weight, vertices_weight, params_weight, prior_weight:
             loss weights; a term's samples are those whose ``has`` flag is set.
         body_frame_3d: compare 3D joints and vertices as if the prediction had the labelled global
@@ -61,13 +69,45 @@ class MeshRecoveryModule(FinetuneTask):
             ``pretrained`` and optimiser arguments of ``CrocoTask``.
     """
 
-    def __init__(self, *args, body_model: BodyModel | None = None, num_joints: int | None = None,
-                 root_joint: int = 0, keypoints_2d_weight: float = 1.0, keypoints_3d_weight: float = 1.0,
+    def __init__(self, *args, body_model: BodyModel | None = None, root_joint: int = 0,
+                 keypoints_2d_weight: float = 1.0, keypoints_3d_weight: float = 1.0,
                  vertices_weight: float = 1.0, params_weight: float = 0.1, prior_weight: float = 1e-3,
                  body_frame_3d: bool = False,
                  fscore_thresholds_mm: tuple[float, ...] = (), pictures: int = 4, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.body_model = body_model
+        self.label_names: tuple[str, ...] | None = None
+
+    def configure_from_data(self, datamodule: LightningDataModule | None) -> None:
+        self.label_names = getattr(datamodule, "keypoint_names", None)
+        self.__dict__.pop("joint_pairs", None)
+
+    @cached_property
+    def joint_pairs(self) -> tuple[list[int], list[int]] | None:
+        """(label keypoint indices, model joint indices) of the shared joints in model order, or None
+        when either side has no names (then compared by position)."""
+        model_names = getattr(self.body_model if self.body_model is not None else self.head, "joint_names", None)
+        if self.label_names is None or model_names is None:
+            return None
+        label_index = {KEYPOINT_ALIASES.get(name, name): i for i, name in enumerate(self.label_names)}
+        pairs = [(label_index[name], joint) for joint, name in enumerate(model_names) if name in label_index]
+        if not pairs:
+            raise ValueError(f"no keypoint of the labels ({list(self.label_names)[:5]}...) is a joint of the model "
+                             f"({list(model_names)[:5]}...): set the DataModule's keypoint_names to smplx's names")
+        return [label for label, _ in pairs], [joint for _, joint in pairs]
+
+    def root_indices(self) -> tuple[int, int]:
+        """(label keypoint, model joint) indices of ``root_joint``."""
+        pairs, root = self.joint_pairs, self.hparams.root_joint
+        return (pairs[0][root], pairs[1][root]) if pairs is not None else (root, root)
+
+    def shared_joints(self, predicted: Tensor, labelled: Tensor) -> tuple[Tensor, Tensor]:
+        """The joints (B, J, ...) of a prediction and of the labels that correspond, in the same order."""
+        pairs = self.joint_pairs
+        if pairs is None:
+            count = min(predicted.shape[1], labelled.shape[1])
+            return predicted[:, :count], labelled[:, :count]
+        return predicted[:, pairs[1]], labelled[:, pairs[0]]
 
     def configure_metrics(self) -> None:
         joints = MetricCollection({"mpjpe": MeanPointError(root=self.hparams.root_joint),
@@ -106,17 +146,17 @@ class MeshRecoveryModule(FinetuneTask):
         count matches.
         """
         has = batch["has"]
-        root = self.hparams.root_joint
+        label_root, model_root = self.root_indices()
         stored = batch.get("vertices")
         if self.body_model is None:
             if stored is None:
                 return None, None
-            return stored - batch["keypoints_3d"][:, root:root + 1, :3], has["vertices"]
+            return stored - batch["keypoints_3d"][:, label_root:label_root + 1, :3], has["vertices"]
         pose = batch[self.body_model.pose_name][:, :3 * self.body_model.num_pose_joints]
         vertices, joints = self.body_model.from_axis_angle(batch["global_orient"], pose, batch["betas"])
-        vertices = vertices - joints[:, root:root + 1]
+        vertices = vertices - joints[:, model_root:model_root + 1]
         if stored is not None and stored.shape[1] == vertices.shape[1]:
-            from_labels = stored - batch["keypoints_3d"][:, root:root + 1, :3]
+            from_labels = stored - batch["keypoints_3d"][:, label_root:label_root + 1, :3]
             vertices = vertices.where(has["params"][:, None, None], from_labels)
             return vertices, has["params"] | has["vertices"]
         return vertices, has["params"]
@@ -126,23 +166,21 @@ class MeshRecoveryModule(FinetuneTask):
         """Loss terms; ``targets`` is ``self.targets(batch)``, computed once per batch by the caller
         (evaluation scores the same target vertices)."""
         hp, has = self.hparams, batch["has"]
-        joints = self.num_joints(out, batch)
-        root = hp.root_joint
         pred_joints, pred_vertices = out["joints"], out["vertices"]
         if hp.body_frame_3d and "global_orient" in out:
             align = self.labelled_orientation(out, batch)
             pred_joints, pred_vertices = pred_joints @ align.mT, pred_vertices @ align.mT
         terms = {
             "keypoints_2d": hp.keypoints_2d_weight * masked_mean(
-                keypoint_2d_loss(out["keypoints_2d"][:, :joints], batch["keypoints_2d"][:, :joints],
+                keypoint_2d_loss(*self.shared_joints(out["keypoints_2d"], batch["keypoints_2d"]),
                                  batch["image"].shape[-1]), has["keypoints_2d"]),
             "keypoints_3d": hp.keypoints_3d_weight * masked_mean(
-                keypoint_3d_loss(pred_joints[:, :joints], batch["keypoints_3d"][:, :joints], root),
+                keypoint_3d_loss(*self.shared_joints(pred_joints, batch["keypoints_3d"]), hp.root_joint),
                 has["keypoints_3d"]),
         }
         target_vertices, has_vertices = targets
         if target_vertices is not None:
-            pred_vertices = pred_vertices - pred_joints[:, root:root + 1]
+            pred_vertices = pred_vertices - pred_joints[:, self.root_indices()[1]][:, None]
             terms["vertices"] = hp.vertices_weight * masked_mean(vertex_loss(pred_vertices, target_vertices),
                                                                  has_vertices)
         if "pose" in out:
@@ -164,14 +202,6 @@ class MeshRecoveryModule(FinetuneTask):
         labelled = labelled.where(batch["has"]["params"][:, None, None], predicted)
         return labelled @ predicted.mT
 
-    def num_joints(self, out: dict[str, Tensor], batch: dict) -> int:
-        labelled = batch["keypoints_3d"].shape[1]
-        joints = self.hparams.num_joints or labelled
-        if joints > min(labelled, out["joints"].shape[1]):
-            raise ValueError(f"num_joints={joints}, but the labels have {labelled} keypoints and the model "
-                             f"{out['joints'].shape[1]} joints; set num_joints to the leading joints they share")
-        return joints
-
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         terms = self.losses(self(batch["image"], batch["K"]), batch, self.targets(batch))
         loss = sum(terms.values())
@@ -186,13 +216,13 @@ class MeshRecoveryModule(FinetuneTask):
         terms = self.losses(out, batch, (target_vertices, has_vertices))
         size = len(batch["image"])
         self.log(f"{stage}/loss", sum(terms.values()), sync_dist=True, batch_size=size)
-        joints, root = self.num_joints(out, batch), self.hparams.root_joint
         labelled = batch["has"]["keypoints_3d"]
         if labelled.any():
-            getattr(self, f"{stage}_joint_metrics").update(out["joints"][labelled, :joints],
-                                                           batch["keypoints_3d"][labelled, :joints, :3])
+            predicted, target = self.shared_joints(out["joints"][labelled], batch["keypoints_3d"][labelled])
+            getattr(self, f"{stage}_joint_metrics").update(predicted, target[..., :3])
         if target_vertices is not None and has_vertices.any():
-            pred_vertices = out["vertices"] - out["joints"][:, root:root + 1]
+            model_root = self.root_indices()[1]
+            pred_vertices = out["vertices"] - out["joints"][:, model_root:model_root + 1]
             getattr(self, f"{stage}_vertex_metrics").update(pred_vertices[has_vertices], target_vertices[has_vertices])
         self.log_dict(getattr(self, f"{stage}_joint_metrics"), batch_size=size)
         self.log_dict(getattr(self, f"{stage}_vertex_metrics"), batch_size=size)

@@ -3,6 +3,7 @@ synthetic shards, the six configs through the CLI, prediction files, and learnin
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from PIL import Image
 
 from backbone import CroCoNet
 from datamodules import MeshDataModule
+from datamodules.hmr_tars import HMR_BODY_KEYPOINTS
+from datamodules.mirror import SMPL_JOINT_NAMES
 from heads.body_model import BodyModel
 from heads.parametric import ParametricHead
 from heads.rotations import axis_angle_to_matrix
@@ -149,6 +152,31 @@ def test_fine_tuning_lowers_pa_mpjpe_on_synthetic_bodies(mesh_shards, body_model
     assert after["val/mpjpe"] < before["val/mpjpe"] and after["val/pve"] < before["val/pve"]
 
 
+def tiny_mesh_module(body_model: BodyModel, **kwargs) -> MeshRecoveryModule:
+    backbone = CroCoNet(img_size=32, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                        decoder_num_heads=2)
+    return MeshRecoveryModule(backbone, ParametricHead(body_model.model_type, dim=32, depth=1, num_heads=2),
+                              body_model=body_model, **kwargs)
+
+
+def parametric_outputs(body_model: BodyModel, orient: torch.Tensor, pose: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A parametric head's outputs for axis-angle parameters (B, 3), (B, 69), through the body model."""
+    global_orient = axis_angle_to_matrix(orient)[:, None]
+    rotations = axis_angle_to_matrix(pose.unflatten(1, (23, 3)))
+    betas = torch.zeros(len(orient), 10)
+    vertices, joints = body_model(global_orient, rotations, betas)
+    return {"global_orient": global_orient, "pose": rotations, "betas": betas, "vertices": vertices,
+            "joints": joints, "keypoints_2d": torch.zeros(len(orient), body_model.num_joints, 2)}
+
+
+def labelled_batch(orient: torch.Tensor, pose: torch.Tensor, keypoints_3d: torch.Tensor) -> dict:
+    count = len(orient)
+    return {"image": torch.zeros(count, 3, 32, 32), "global_orient": orient, "body_pose": pose,
+            "betas": torch.zeros(count, 10), "keypoints_2d": torch.zeros(count, keypoints_3d.shape[1], 3),
+            "keypoints_3d": torch.cat([keypoints_3d, torch.ones(*keypoints_3d.shape[:2], 1)], dim=-1),
+            "has": {name: torch.ones(count, dtype=torch.bool) for name in ("keypoints_2d", "keypoints_3d", "params")}}
+
+
 @pytest.mark.parametrize("body_frame_3d", [False, True])
 def test_body_frame_3d_terms_ignore_only_a_wrong_global_orientation(body_model_root, body_frame_3d):
     """The labelled pose under another global orientation: in the body's frame the 3D terms see no
@@ -156,24 +184,14 @@ def test_body_frame_3d_terms_ignore_only_a_wrong_global_orientation(body_model_r
     is an error either way."""
     torch.manual_seed(0)
     body_model = BodyModel("smpl", str(body_model_root))
-    backbone = CroCoNet(img_size=32, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
-                        decoder_num_heads=2)
-    module = MeshRecoveryModule(backbone, ParametricHead("smpl", dim=32, depth=1, num_heads=2), body_model=body_model,
-                                body_frame_3d=body_frame_3d)
+    module = tiny_mesh_module(body_model, body_frame_3d=body_frame_3d)
     labelled_orient, pose = torch.randn(2, 3), 0.3 * torch.randn(2, 69)
-    vertices, joints = body_model.from_axis_angle(labelled_orient, pose, torch.zeros(2, 10))
-    batch = {"image": torch.zeros(2, 3, 32, 32), "global_orient": labelled_orient, "body_pose": pose,
-             "betas": torch.zeros(2, 10), "keypoints_2d": torch.zeros(2, 24, 3),
-             "keypoints_3d": torch.cat([joints[:, :24], torch.ones(2, 24, 1)], dim=-1),
-             "has": {name: torch.ones(2, dtype=torch.bool) for name in ("keypoints_2d", "keypoints_3d", "params")}}
+    labelled = parametric_outputs(body_model, labelled_orient, pose)
+    batch = labelled_batch(labelled_orient, pose, labelled["joints"][:, :24])
 
     def terms(predicted_orient: torch.Tensor, predicted_pose: torch.Tensor) -> dict[str, torch.Tensor]:
-        orient = axis_angle_to_matrix(predicted_orient)[:, None]
-        rotations = axis_angle_to_matrix(predicted_pose.unflatten(1, (23, 3)))
-        vertices, joints = body_model(orient, rotations, torch.zeros(2, 10))
-        out = {"global_orient": orient, "pose": rotations, "betas": torch.zeros(2, 10), "vertices": vertices,
-               "joints": joints, "keypoints_2d": torch.zeros(2, 45, 2)}
-        return module.losses(out, batch, module.targets(batch))
+        return module.losses(parametric_outputs(body_model, predicted_orient, predicted_pose), batch,
+                             module.targets(batch))
 
     assert terms(labelled_orient, pose)["keypoints_3d"] < 1e-5
     wrong_orientation = terms(labelled_orient + torch.tensor([0.0, 1.5, 0.0]), pose)
@@ -182,3 +200,32 @@ def test_body_frame_3d_terms_ignore_only_a_wrong_global_orientation(body_model_r
     assert wrong_orientation["params"] > 0.1
     wrong_pose = terms(labelled_orient, pose + 0.5)
     assert wrong_pose["keypoints_3d"] > 0.05 and wrong_pose["vertices"] > 0.02
+
+
+# 4D-Humans' map from SMPL's 45 smplx joints to OpenPose BODY_25 (hmr2/models/smpl_wrapper.py), written out
+# independently of the names our module matches by.
+SMPL_TO_OPENPOSE = [24, 12, 17, 19, 21, 16, 18, 20, 0, 2, 5, 8, 1, 4, 7, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34]
+
+
+def test_labels_meet_model_joints_by_name_in_any_keypoint_order(body_model_root):
+    """4D-Humans' 44 keypoints (OpenPose first) meet SMPL's joints by name; SMPL labels meet SMPL-X's 22."""
+    torch.manual_seed(0)
+    body_model = BodyModel("smpl", str(body_model_root))
+    module = tiny_mesh_module(body_model)
+    orient, pose = 0.5 * torch.randn(2, 3), 0.3 * torch.randn(2, 69)
+    out = parametric_outputs(body_model, orient, pose)
+    keypoints = torch.randn(2, len(HMR_BODY_KEYPOINTS), 3)  # the 19 extra joints: no SMPL joint of that name
+    keypoints[:, :25] = out["joints"][:, SMPL_TO_OPENPOSE]
+    batch = labelled_batch(orient, pose, keypoints)
+    module.configure_from_data(SimpleNamespace(keypoint_names=HMR_BODY_KEYPOINTS))
+    assert sorted(module.joint_pairs[1]) == sorted(SMPL_TO_OPENPOSE) and module.root_indices() == (8, 0)
+    assert module.losses(out, batch, (None, None))["keypoints_3d"] < 1e-5
+    module.configure_from_data(None)  # no names: keypoint i is joint i, which is wrong for this order
+    assert module.joint_pairs is None and module.losses(out, batch, (None, None))["keypoints_3d"] > 0.05
+
+    smplx = tiny_mesh_module(BodyModel("smplx", str(body_model_root)))
+    smplx.configure_from_data(SimpleNamespace(keypoint_names=SMPL_JOINT_NAMES))
+    assert smplx.joint_pairs == (list(range(22)), list(range(22)))
+    smplx.configure_from_data(SimpleNamespace(keypoint_names=("head_top", "chin")))
+    with pytest.raises(ValueError, match="no keypoint of the labels"):
+        smplx.joint_pairs
