@@ -198,16 +198,16 @@ class MeshSample:
                  for keep, padding in EXTREME_CROPS.values()]
         self.extreme_crops = [(mask, padding) for mask, padding in masks if 2 <= int(mask.sum()) < len(mask)]
 
-    def read(self, sample: dict) -> dict:
-        """The sample's person record. A 4D-Humans/HaMeR image may hold several people and a map stage
-        returns one sample: training takes a random one per visit, evaluation the first only."""
+    def read(self, sample: dict) -> list[dict]:
+        """The sample's person records. A 4D-Humans/HaMeR image may hold several people: training
+        takes a random one per visit, evaluation all of them."""
         if self.source_format == "crocoman":
-            return crocoman_person(sample)
+            return [crocoman_person(sample)]
         people = load_people(sample, self.trust_pickle)
-        index = int(torch.randint(len(people), ())) if self.augment else 0
-        record = hmr_person(sample, people[index], hand=self.body_model == "mano",
-                            focal_length_px=self.hmr_focal_length_px)
-        return record | {"key": f"{sample['__key__']}/{index}"}
+        indices = [int(torch.randint(len(people), ()))] if self.augment else range(len(people))
+        return [hmr_person(sample, people[index], hand=self.body_model == "mano",
+                           focal_length_px=self.hmr_focal_length_px) | {"key": f"{sample['__key__']}/{index}"}
+                for index in indices]
 
     def complete(self, record: dict, where: str) -> dict:
         """Every label at its batch shape: missing ones zero-filled with their flag False; shapes checked."""
@@ -270,9 +270,14 @@ class MeshSample:
         cx, cy = cx + side * augmentation.shift[0], cy + side * augmentation.shift[1]
         return cx, cy, side * augmentation.scale
 
-    def __call__(self, sample: dict) -> dict:
+    def __call__(self, sample: dict) -> dict | list[dict]:
+        """One network input per person of the tar sample: a dict, or a list of them (evaluation of
+        an image of several people; ``shards.eval_loader`` takes each)."""
+        samples = [self.person_sample(sample, record) for record in self.read(sample)]
+        return samples[0] if len(samples) == 1 else samples
+
+    def person_sample(self, sample: dict, record: dict) -> dict:
         where = f"sample {sample['__key__']} of {sample.get('__url__', '?')}"
-        record = self.read(sample)
         person = self.complete(record, where)
         augmentation = self.draw(person)
         flip = augmentation.flip != person["mirror"]

@@ -141,9 +141,16 @@ def train_loader(sources: list[list[str]], weights: list[float] | None, to_sampl
     return loader.with_epoch(batches_per_rank).with_length(batches_per_rank, silent=True)
 
 
-def eval_loader(urls: list[str], to_sample: Callable[[dict], dict], batch_size: int, num_workers: int,
+def _each(samples):
+    """Samples one at a time, where a map stage turned one tar sample into a list (an image of several people)."""
+    for sample in samples:
+        yield from sample if isinstance(sample, list) else (sample,)
+
+
+def eval_loader(urls: list[str], to_sample: Callable[[dict], dict | list[dict]], batch_size: int, num_workers: int,
                 world_size: int) -> wds.WebLoader:
-    """Deterministic single pass: shards split over ranks, then over workers; every sample seen once."""
+    """Deterministic single pass: shards split over ranks, then over workers; every sample seen once.
+    ``to_sample`` may return a list: each of its samples is evaluated."""
     workers = max(1, num_workers)
     if len(urls) < world_size * workers:
         raise ValueError(f"{len(urls)} evaluation shards cannot be split over {world_size} ranks x {workers} "
@@ -153,6 +160,7 @@ def eval_loader(urls: list[str], to_sample: Callable[[dict], dict], batch_size: 
         wds.WebDataset(urls, resampled=False, shardshuffle=False, nodesplitter=wds.split_by_node,
                        handler=skips.shard_error)
         .map(to_sample, handler=skips.sample_error)
+        .compose(_each)
         .batched(batch_size, collation_fn=default_collate, partial=True)
         .map(skips.attach)
     )

@@ -370,7 +370,7 @@ def test_hmr_tars_are_read_only_when_trusted(tmp_path: Path, hand: bool) -> None
                             num_workers=0, image_size=SIZE, epoch_samples=8, rotation_rate=1.0,
                             extreme_crop_rate=0.5)
     assert module.source_format == "hmr_tars"
-    (batch,) = batches(module.val_dataloader())  # evaluation: the first person of each image
+    (batch,) = batches(module.val_dataloader())  # evaluation: every person of each image, in order
     label = people[0]
     focal = FOCAL_LENGTH_PX / 256 * SIZE
     torch.testing.assert_close(batch["K"][0], torch.tensor([[focal, 0, (SIZE - 1) / 2], [0, focal, (SIZE - 1) / 2],
@@ -393,7 +393,13 @@ def test_hmr_tars_are_read_only_when_trusted(tmp_path: Path, hand: bool) -> None
     assert (projected(batch)[0] - batch["keypoints_2d"][0, :, :2]).abs().max() < 0.05
     assert batch["has"]["params"].all() and batch["has"]["keypoints_3d"].all()
     assert not batch["has"]["vertices"].any() and not batch["has"]["transl"].any()
-    assert batch["key"] == ["img000/0"]
+    assert batch["key"] == ["img000/0", "img000/1"]
+    second = people[1]  # its own box becomes the input (a right hand: not mirrored)
+    side = second["scale"].max() * 200
+    expected = torch.from_numpy((second["keypoints_2d"][:, :2] - second["center"]) * SIZE / side + (SIZE - 1) / 2)
+    visible = batch["keypoints_2d"][1, :, 2] > 0
+    torch.testing.assert_close(batch["keypoints_2d"][1, visible, :2], expected[visible].float(), atol=1e-3, rtol=0)
+    assert visible.sum() > 0 and (projected(batch)[1] - batch["keypoints_2d"][1, :, :2]).abs().max() < 0.05
 
     torch.manual_seed(0)
     keys = set()
