@@ -125,8 +125,8 @@ def ensure_data(preset: dict, dry_run: bool = False) -> dict[str, Path]:
                                       "groups_per_shard": spec["pairs"]["per_shard"], "workers": workers}),
         "bodies": (write_labelled_shards, {"task": "body", "num_samples": spec["bodies"]["samples"],
                                            "val_samples": spec["bodies"]["val_samples"], "image_size": size,
-                                           "seed": spec.get("seed", 0), "samples_per_shard": spec["bodies"]["per_shard"],
-                                           "workers": workers}),
+                                           "seed": spec.get("seed", 0),
+                                           "samples_per_shard": spec["bodies"]["per_shard"], "workers": workers}),
         "hands": (write_labelled_shards, {"task": "hand", "num_samples": spec["hands"]["samples"],
                                           "val_samples": spec["hands"]["val_samples"], "image_size": size,
                                           "seed": spec.get("seed", 0), "samples_per_shard": spec["hands"]["per_shard"],
@@ -313,7 +313,8 @@ def execute(run: Run, dry_run: bool) -> dict | None:
     if run.task is not None:
         value = finished["metrics"].get(run.task.metric)
         if value is None:
-            raise RuntimeError(f"{run.key}: the run logged no {run.task.metric} (logged: {sorted(finished['metrics'])})")
+            raise RuntimeError(f"{run.key}: the run logged no {run.task.metric} "
+                               f"(logged: {sorted(finished['metrics'])})")
         result |= {"task": run.task.name, "fraction": run.fraction, "metric": run.task.metric, "value": value}
     (run.directory / "result.json").write_text(json.dumps(result, indent=2))
     return result
