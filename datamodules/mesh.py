@@ -199,8 +199,8 @@ class MeshSample:
         self.extreme_crops = [(mask, padding) for mask, padding in masks if 2 <= int(mask.sum()) < len(mask)]
 
     def read(self, sample: dict) -> list[dict]:
-        """The sample's person records. A 4D-Humans/HaMeR image may hold several people: training
-        takes a random one per visit, evaluation all of them."""
+        """The sample's person records. A 4D-Humans/HaMeR image may hold several people: augmented
+        training takes a random one per visit, evaluation (and training without augmentation) all."""
         if self.source_format == "crocoman":
             return [crocoman_person(sample)]
         people = load_people(sample, self.trust_pickle)

@@ -111,7 +111,7 @@ class EpochLoader(wds.WebLoader):
         yield from super().__iter__()
 
 
-def train_loader(sources: list[list[str]], weights: list[float] | None, to_sample: Callable[[dict], dict],
+def train_loader(sources: list[list[str]], weights: list[float] | None, to_sample: Callable[[dict], dict | list[dict]],
                  batch_size: int, num_workers: int, batches_per_rank: int, shuffle_buffer: int,
                  seeds: StreamSeeds) -> wds.WebLoader:
     """Infinite resampled stream, mixed over sources, cut into epochs of exactly ``batches_per_rank`` full batches.
@@ -120,7 +120,8 @@ def train_loader(sources: list[list[str]], weights: list[float] | None, to_sampl
     has data, so all ranks run the same number of steps and DDP never waits on a short rank.
     Each source is its own stream; with several, every sample comes from source i with
     probability ``weights[i] / sum(weights)`` whatever the sources' sizes. Workers are not kept
-    between epochs, so each epoch starts from its own seeds (``StreamSeeds``).
+    between epochs, so each epoch starts from its own seeds (``StreamSeeds``). ``to_sample`` may
+    return a list, as in ``eval_loader``.
     """
     skips = SkipCounter()
     streams = [wds.DataPipeline(wds.ResampledShards(urls, deterministic=True,
@@ -131,6 +132,7 @@ def train_loader(sources: list[list[str]], weights: list[float] | None, to_sampl
         streams[0] if len(streams) == 1 else partial(_mixed, streams, weights, seeds),
         partial(_shuffled, buffer_size=shuffle_buffer, seeds=seeds),
         wds.map(to_sample, handler=skips.sample_error),
+        _each,
         wds.batched(batch_size, collation_fn=default_collate, partial=False),
         partial(_skip_resumed, seeds=seeds),
         wds.map(skips.attach),

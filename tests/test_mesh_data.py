@@ -407,3 +407,6 @@ def test_hmr_tars_are_read_only_when_trusted(tmp_path: Path, hand: bool) -> None
         assert (projected(batch) - batch["keypoints_2d"][..., :2]).abs().max() < 0.05
         keys |= set(batch["key"])
     assert keys == {"img000/0", "img000/1"}
+    plain = MeshDataModule(shards, body_model=body_model, trust_pickle=True, batch_size=2, num_workers=0,
+                           image_size=SIZE, epoch_samples=4, augment=False)
+    assert [batch["key"] for batch in batches(plain.train_dataloader())] == [["img000/0", "img000/1"]] * 2
