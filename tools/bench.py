@@ -47,7 +47,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -62,10 +62,9 @@ from tqdm import tqdm
 
 from backbone import CroCoNet, HumanMasking, croco_base, croco_large
 from datamodules.mesh import HAS_KEYS as MESH_HAS_KEYS
-from heads import CompletionHead, patchify
+from heads import CompletionHead
 from heads.dense import NUM_PARTS
 from lightning_modules.finetune import FinetuneTask
-from lightning_modules.losses import masked_patch_mse
 from lightning_modules.mesh_losses import project
 from lightning_modules.pretrain import PretrainModule
 from tools.flops import pretrain_step_flops
@@ -108,8 +107,8 @@ class VitCase:
 
 
 VIT_CASES = (
-    VitCase("vit_b", partial(croco_base, img_size=224), 64, "vit_base_patch16_224"),
-    VitCase("vit_l", partial(croco_large, img_size=224), 32, "vit_large_patch16_224"),
+    VitCase("vit_b", partial(croco_base, img_size=224), 256, "vit_base_patch16_224"),
+    VitCase("vit_l", partial(croco_large, img_size=224), 128, "vit_large_patch16_224"),
 )
 
 
@@ -315,11 +314,11 @@ def build_from_spec(spec):
 def train_throughput(module: PretrainModule, batch_size: int, image_size: int, device: torch.device, steps: int,
                      warmup: int, amp_dtype: torch.dtype | None = None, compiled: bool = False,
                      gradient_clip_val: float | None = None, desc: str = "train") -> dict:
-    """Time full pretraining steps on random pairs; the module's own masking draws each step's mask.
+    """Time full pretraining steps on random pairs through the module's own ``complete`` (masking,
+    forward, per-pair-type loss: what ``training_step`` runs, free of host syncs).
 
     The optimiser is the task's (AdamW, its lr/betas/weight decay, no decay on 1-D parameters);
-    ``compiled`` wraps forward + loss in one ``torch.compile`` (``CrocoTask(compile=True)``
-    compiles ``backbone.forward``, which pretraining never calls, so it cannot be used here).
+    ``compiled`` compiles each transformer block, as ``CrocoTask(compile=True)`` does.
     """
     from timm.optim import param_groups_weight_decay
 
@@ -329,24 +328,18 @@ def train_throughput(module: PretrainModule, batch_size: int, image_size: int, d
     optimizer = torch.optim.AdamW(param_groups_weight_decay(module, hp.weight_decay, no_decay), lr=hp.lr,
                                   betas=hp.betas, fused=device.type == "cuda")
     generator = torch.Generator().manual_seed(0)
-    image1 = torch.rand(batch_size, 3, image_size, image_size, generator=generator).to(device)
-    image2 = torch.rand(batch_size, 3, image_size, image_size, generator=generator).to(device)
-    person1 = random_person_masks(batch_size, image_size, generator).to(device)
-    grid = module.backbone.image_grid(image1)
-
-    def loss_of(image1: Tensor, image2: Tensor, mask: Tensor) -> Tensor:
-        pred = module(image1, image2, mask)
-        target = patchify(image1, module.backbone.patch_size)
-        return masked_patch_mse(pred, target, mask.flatten(1), module.norm_pix).mean()
-
+    batch = {"image1": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
+             "image2": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
+             "person1": random_person_masks(batch_size, image_size, generator),
+             "pair_type": torch.zeros(batch_size, dtype=torch.long)}
+    batch = move_data_to_device(batch, device)
     if compiled:
         torch._dynamo.reset()  # fresh caches per model, so earlier cases never push it to the recompile limit
-    loss_fn = torch.compile(loss_of) if compiled else loss_of
+        module.backbone.compile()
 
     def step() -> None:
-        mask = module.masking(batch_size, grid, person1, device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = loss_fn(image1, image2, mask)
+            loss = sum(module.complete(batch)[2].values())
         loss.backward()
         if gradient_clip_val:
             nn.utils.clip_grad_norm_(module.parameters(), gradient_clip_val)
@@ -398,9 +391,15 @@ def cpu_demo_case(device: torch.device, device_info: dict, steps: int, warmup: i
 
 def encoder_timing(model: nn.Module, ours: bool, images: Tensor, device: torch.device, steps: int, warmup: int,
                    compiled: bool, desc: str) -> dict:
-    """Forward + backward of one encoder in bf16; a function of its own so the model is freed on return."""
+    """Forward + backward of one encoder in bf16; a function of its own so the model is freed on return.
+
+    ``compiled`` compiles each transformer block of either model (timm's ``blocks``), as training does.
+    """
     forward = (lambda x: model.encode(x)[0]) if ours else model.forward_features
-    forward = torch.compile(forward) if compiled else forward
+    if compiled:
+        torch._dynamo.reset()
+        for block in model.transformer_blocks() if ours else model.blocks:
+            block.compile()
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -441,7 +440,7 @@ def vit_pretrain_case(device: torch.device, device_info: dict, steps: int, warmu
     settings = {"image_size": image_size, "mask_ratio": mask_ratio, "masking": "HumanMasking",
                 "precision": "bf16 autocast", "warmup_steps": warmup, "timed_steps": steps,
                 "models": {c.name: {"batch_size": c.batch_size, "timm_reference": c.timm_name} for c in cases},
-                "compile_scope": "torch.compile of forward + loss (masking, backward, AdamW eager)"}
+                "compile_scope": "each transformer block compiled, as CrocoTask(compile=True) does; the rest eager"}
     results = {}
     for case in cases:
         results[case.name] = {}
@@ -813,6 +812,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-data", action="store_true", help="skip the data pipeline case")
     parser.add_argument("--no-compile", action="store_true", help="CUDA case: eager only, no torch.compile")
     parser.add_argument("--skip-vit", action="store_true", help="skip the CUDA ViT-B / ViT-L pretraining case")
+    vit_names = [case.name for case in VIT_CASES]
+    parser.add_argument("--vit", nargs="+", choices=vit_names, default=vit_names, metavar="MODEL",
+                        help=f"ViT pretraining models to time (default: all of {', '.join(vit_names)})")
+    parser.add_argument("--vit-batch-size", type=int, help="pairs per step of every ViT case (default: each case's)")
     names = [case.name for case in FINETUNE_CASES]
     parser.add_argument("--finetune", nargs="+", choices=names, default=names, metavar="MODULE",
                         help=f"fine-tuning modules to time (default: all of {', '.join(names)})")
@@ -876,7 +879,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cases["vit_pretrain"] = {"skipped": "--skip-vit"}
     elif device.type == "cuda":
         compile_modes = (False,) if args.no_compile else (False, True)
-        cases["vit_pretrain"] = vit_pretrain_case(device, device_info, args.steps, args.warmup, compile_modes)
+        chosen = [replace(case, batch_size=args.vit_batch_size or case.batch_size)
+                  for case in VIT_CASES if case.name in args.vit]
+        cases["vit_pretrain"] = vit_pretrain_case(device, device_info, args.steps, args.warmup, compile_modes, chosen)
     else:
         cases["vit_pretrain"] = {"skipped": "needs a CUDA device (bf16 ViT-B/L steps are not meaningful on CPU)"}
 
