@@ -3,6 +3,9 @@
 Parameter names follow naver/croco (``attn.qkv``, ``cross_attn.projq``, ``norm_y`` ...) so that
 public CroCo checkpoints load without renaming. Attention runs through
 ``scaled_dot_product_attention``, which picks flash / memory-efficient kernels on GPU.
+
+Positions reach the blocks as RoPE tables (``RoPE2D.tables``), computed once per sequence by the
+network rather than gathered again in every block; ``None`` means no rotary embedding.
 """
 
 import torch.nn.functional as F
@@ -13,38 +16,36 @@ from backbone.rope import RoPE2D
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with optional 2D RoPE on queries and keys."""
+    """Multi-head self-attention, queries and keys rotated by their tokens' RoPE tables if given."""
 
-    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.rope = rope
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor | None) -> Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         qk, v = qkv[:2], qkv[2]
-        if self.rope is not None:
-            qk = self.rope(qk, positions)  # q and k share positions: one rotation for both
+        if rope is not None:
+            qk = RoPE2D.rotate(qk, rope)  # q and k share positions: one rotation for both
         x = F.scaled_dot_product_attention(qk[0], qk[1], v, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
 class CrossAttention(nn.Module):
-    """Queries from image 1 attend to keys/values from image 2; RoPE uses each side's positions."""
+    """Queries from image 1 attend to keys/values from image 2; RoPE uses each side's tables."""
 
-    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.rope = rope
         self.attn_drop = attn_drop
         self.projq = nn.Linear(dim, dim, bias=qkv_bias)
         self.projk = nn.Linear(dim, dim, bias=qkv_bias)
@@ -56,11 +57,12 @@ class CrossAttention(nn.Module):
         B, N, C = x.shape
         return x.reshape(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)
 
-    def forward(self, query: Tensor, memory: Tensor, query_pos: Tensor, memory_pos: Tensor) -> Tensor:
+    def forward(self, query: Tensor, memory: Tensor, query_rope: Tensor | None,
+                memory_rope: Tensor | None) -> Tensor:
         B, N, C = query.shape
         q, k, v = self._heads(self.projq(query)), self._heads(self.projk(memory)), self._heads(self.projv(memory))
-        if self.rope is not None:
-            q, k = self.rope(q, query_pos), self.rope(k, memory_pos)
+        if query_rope is not None:
+            q, k = RoPE2D.rotate(q, query_rope), RoPE2D.rotate(k, memory_rope)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
@@ -68,17 +70,17 @@ class CrossAttention(nn.Module):
 class EncoderBlock(nn.Module):
     """Pre-norm ViT block: self-attention then MLP, each with a residual."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, rope: RoPE2D | None = None,
-                 drop_path: float = 0.0, norm_eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, rope=rope)
+        self.attn = Attention(dim, num_heads)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), positions))
+    def forward(self, x: Tensor, rope: Tensor | None) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), rope))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -89,20 +91,20 @@ class DecoderBlock(nn.Module):
     view is a fixed reference the first view is completed from.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, rope: RoPE2D | None = None,
-                 drop_path: float = 0.0, norm_eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, rope=rope)
+        self.attn = Attention(dim, num_heads)
         self.norm_y = nn.LayerNorm(dim, eps=norm_eps)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.cross_attn = CrossAttention(dim, num_heads, rope=rope)
+        self.cross_attn = CrossAttention(dim, num_heads)
         self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, memory: Tensor, positions: Tensor, memory_positions: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), positions))
+    def forward(self, x: Tensor, memory: Tensor, rope: Tensor | None, memory_rope: Tensor | None) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), rope))
         memory = self.norm_y(memory)
-        x = x + self.drop_path(self.cross_attn(self.norm2(x), memory, positions, memory_positions))
+        x = x + self.drop_path(self.cross_attn(self.norm2(x), memory, rope, memory_rope))
         return x + self.drop_path(self.mlp(self.norm3(x)))

@@ -9,6 +9,8 @@ attending to itself and to image 2. Downstream tasks use the encoder alone (``en
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from timm.layers import PatchEmbed
 from torch import Tensor, nn
 
@@ -62,14 +64,14 @@ class CroCoNet(nn.Module):
         self.pos_embed = pos_embed
 
         self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim, strict_img_size=False)
-        enc_rope = dec_rope = None
+        self.enc_rope = self.dec_rope = None
         if pos_embed == "cosine":
             self.register_buffer("enc_pos_embed", sincos_pos_embed_2d(embed_dim, self.patch_grid))
             self.register_buffer("dec_pos_embed", sincos_pos_embed_2d(decoder_embed_dim, self.patch_grid))
         elif pos_embed.startswith("RoPE"):
             base = float(pos_embed[len("RoPE"):])
-            enc_rope = RoPE2D(embed_dim // num_heads, base=base)
-            dec_rope = RoPE2D(decoder_embed_dim // decoder_num_heads, base=base)
+            self.enc_rope = RoPE2D(embed_dim // num_heads, base=base)
+            self.dec_rope = RoPE2D(decoder_embed_dim // decoder_num_heads, base=base)
         else:
             raise ValueError(f"pos_embed must be 'cosine' or 'RoPE<base>' (e.g. 'RoPE100'), got {pos_embed!r}")
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -77,7 +79,7 @@ class CroCoNet(nn.Module):
 
         enc_dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.enc_blocks = nn.ModuleList(
-            EncoderBlock(embed_dim, num_heads, mlp_ratio, rope=enc_rope, drop_path=dpr, norm_eps=norm_eps)
+            EncoderBlock(embed_dim, num_heads, mlp_ratio, drop_path=dpr, norm_eps=norm_eps)
             for dpr in enc_dpr
         )
         self.enc_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
@@ -85,7 +87,7 @@ class CroCoNet(nn.Module):
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.dec_blocks = nn.ModuleList(
-            DecoderBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio, rope=dec_rope, norm_eps=norm_eps)
+            DecoderBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio, norm_eps=norm_eps)
             for _ in range(decoder_depth)
         )
         self.dec_norm = nn.LayerNorm(decoder_embed_dim, eps=norm_eps)
@@ -133,14 +135,35 @@ class CroCoNet(nn.Module):
             raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {self.patch_size}")
         return H // self.patch_size, W // self.patch_size
 
-    def _embed(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def _embed(self, images: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Patch tokens of images in [0, 1] and their (row, column) positions; with ``keep`` (B, V, 1)
+        patch indices, only those patches, in that order.
+
+        The patch projection runs as one matrix product on the patches' pixels (the convolution's
+        weights, flattened), and only on the kept patches: at mask ratio 0.9 that skips nine tenths of
+        image 1's projection, and on GPUs it avoids the convolution's layout conversions.
+        """
         grid = self.image_grid(images)
-        x = self.patch_embed((images - self.pixel_mean) / self.pixel_std)
+        pixels = rearrange((images - self.pixel_mean) / self.pixel_std, "b c (h p) (w q) -> b (h w) (c p q)",
+                           p=self.patch_size, q=self.patch_size)
+        positions = self.grid_positions(images.shape[0], grid, images.device)
+        pos_embed = None
         if self.pos_embed == "cosine":
             if grid != self.patch_grid:
                 raise ValueError(f"cosine position embedding is fixed to grid {self.patch_grid}, got {grid}")
-            x = x + self.enc_pos_embed
-        return x, self.grid_positions(x.shape[0], grid, x.device)
+            pos_embed = self.enc_pos_embed.expand(images.shape[0], -1, -1)
+        if keep is not None:
+            pixels = pixels.gather(1, keep.expand(-1, -1, pixels.shape[-1]))
+            positions = positions.gather(1, keep.expand(-1, -1, 2))
+            if pos_embed is not None:
+                pos_embed = pos_embed.gather(1, keep.expand(-1, -1, pos_embed.shape[-1]))
+        proj = self.patch_embed.proj
+        x = F.linear(pixels, proj.weight.flatten(1), proj.bias)
+        return (x if pos_embed is None else x + pos_embed), positions
+
+    @staticmethod
+    def _rope_tables(rope: RoPE2D | None, positions: Tensor) -> Tensor | None:
+        return None if rope is None else rope.tables(positions)
 
     def encode(self, images: Tensor, mask: Tensor | None = None,
                num_visible: int | None = None) -> tuple[Tensor, Tensor]:
@@ -152,26 +175,27 @@ class CroCoNet(nn.Module):
         (``masking.num_masked``); without it, it is read off the mask, which costs a device-to-host
         copy per call on a GPU (as boolean indexing would, which also breaks a compiled graph).
         """
-        x, positions = self._embed(images)
+        keep = None
         if mask is not None:
             hidden = mask.flatten(1)
             if num_visible is None:
                 num_visible = hidden.shape[1] - int(hidden[0].sum())
             # A stable sort puts the visible patches (0) first, in grid order: the order decode() fills.
             keep = hidden.to(torch.uint8).argsort(dim=1, stable=True)[:, :num_visible, None]
-            x = x.gather(1, keep.expand(-1, -1, x.shape[-1]))
-            positions = positions.gather(1, keep.expand(-1, -1, 2))
+        x, positions = self._embed(images, keep)
+        rope = self._rope_tables(self.enc_rope, positions)
         for block in self.enc_blocks:
-            x = block(x, positions)
+            x = block(x, rope)
         return self.enc_norm(x), positions
 
     def features(self, images: Tensor, layers: list[int]) -> list[Tensor]:
         """Tokens after the given encoder blocks (negative indices count from the end), for dense heads."""
         wanted = {i % self.depth for i in layers}
         x, positions = self._embed(images)
+        rope = self._rope_tables(self.enc_rope, positions)
         outputs = {}
         for i, block in enumerate(self.enc_blocks):
-            x = block(x, positions)
+            x = block(x, rope)
             if i in wanted:
                 outputs[i] = self.enc_norm(x) if i == self.depth - 1 else x
         return [outputs[i % self.depth] for i in layers]
@@ -192,8 +216,9 @@ class CroCoNet(nn.Module):
             pos1 = self.grid_positions(B, (rows, cols), x.device)
         if self.pos_embed == "cosine":
             x, memory = x + self.dec_pos_embed, memory + self.dec_pos_embed
+        rope1, rope2 = self._rope_tables(self.dec_rope, pos1), self._rope_tables(self.dec_rope, pos2)
         for block in self.dec_blocks:
-            x = block(x, memory, pos1, pos2)
+            x = block(x, memory, rope1, rope2)
         return self.dec_norm(x)
 
 

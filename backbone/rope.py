@@ -13,15 +13,15 @@ from torch import Tensor, nn
 class RoPE2D(nn.Module):
     """Applies 2D RoPE to per-head tokens.
 
-    Written for eager speed (it runs on q and k in every block): one gather builds full-width
-    cos and sign-folded sin tables for both axes, and the rotate-half of both halves is a single
-    ``flip``, so applying is ``x * cos + swap(x) * sin`` in a handful of kernels instead of ~15
-    per tensor. Queries and keys that share positions can be stacked on a leading dim and rotated
-    in one call. The math runs in the input dtype, as in CroCo and timm: bf16 rounds the tables
-    and products (about one bf16 ulp more than a float32 pass), far below what training in bf16 already tolerates, and a
-    float32 round trip would cost two extra full-size casts per call.
+    Written for speed, eager and compiled, since it runs on q and k in every block: the cos and
+    sign-folded sin of every token are gathered once per sequence (``tables``) and shared by all
+    blocks, so a block only computes ``x * cos + swap(x) * sin`` (``rotate``), where the rotate-half
+    of both axis halves is a single ``flip``. Queries and keys that share positions can be stacked
+    on a leading dim and rotated in one call. The product runs in the input dtype, as in CroCo and
+    timm: bf16 rounds the tables and products (about one bf16 ulp more than a float32 pass), far
+    below what training in bf16 already tolerates.
 
-    The tables are precomputed up to ``max_positions`` per axis (non-persistent buffer, so
+    The angles are precomputed up to ``max_positions`` per axis (non-persistent buffer, so
     checkpoints stay identical to CroCo's parameter-free RoPE) and indexed by the integer
     positions, which keeps the forward free of data-dependent shapes for torch.compile.
     """
@@ -38,17 +38,28 @@ class RoPE2D(nn.Module):
         cos, sin = angles.cos(), angles.sin()
         # Per axis (width D/2): cos repeated over both quarters; sin carries rotate_half's sign,
         # -sin where the swapped-in partner is the second quarter, +sin where it is the first.
-        table = torch.stack((torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)), dim=1)  # (P, 2, D/2)
+        table = torch.stack((torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)))  # (cos|sin, P, D/2)
         self.register_buffer("table", table.float(), persistent=False)
 
+    def tables(self, positions: Tensor) -> Tensor:
+        """(B, N, 2) integer (row, column) -> (cos|sin, B, 1, N, head_dim) float32, for ``rotate``.
+
+        The row rotates the first half of each head, the column the second; the singleton dim
+        broadcasts over heads.
+        """
+        return self.table[:, positions].flatten(-2)[:, :, None]
+
+    @staticmethod
+    def rotate(x: Tensor, tables: Tensor) -> Tensor:
+        """x: (..., B, heads, N, head_dim), e.g. q and k stacked on a leading dim; tables: from ``tables``
+        for the positions of x's tokens."""
+        cos, sin = tables.to(x.dtype)
+        swapped = x.unflatten(-1, (2, 2, -1)).flip(-2).flatten(-3)  # quarters swapped within each axis half
+        return torch.addcmul(x * cos, swapped, sin)
+
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: (..., B, heads, N, head_dim), e.g. q and k stacked on a leading dim; positions: (B, N, 2)
-        integer (row, column), shared by everything stacked in x."""
-        # (B, N, axis, cos|sin, D/2) -> (B, 1, N, axis, cos|sin, quarter, D/4), broadcast over heads
-        tables = self.table.to(x.dtype)[positions][:, None].unflatten(-1, (2, -1))
-        cos, sin = tables.select(-3, 0), tables.select(-3, 1)
-        quarters = x.unflatten(-1, (2, 2, -1))  # (..., axis, quarter, D/4)
-        return torch.addcmul(quarters * cos, quarters.flip(-2), sin).flatten(-3)
+        """``rotate`` x by the tables of ``positions`` (B, N, 2)."""
+        return self.rotate(x, self.tables(positions))
 
     def extra_repr(self) -> str:
         return f"base={self.base}, max_positions={self.max_positions}"

@@ -229,7 +229,7 @@ def export_timm(backbone: CroCoNet, rope_grid_indexing: str = "xy",
     for i, block in enumerate(backbone.enc_blocks):
         for gamma in ("gamma_1", "gamma_2"):
             state[f"blocks.{i}.{gamma}"] = torch.ones(backbone.embed_dim)
-        if block.attn.rope is not None:
+        if backbone.enc_rope is not None:
             heads, head_dim = block.attn.num_heads, backbone.embed_dim // block.attn.num_heads
             order = _timm_rope_order(head_dim, rope_grid_indexing, rope_rotate_half)
             for name in ("weight", "bias"):

@@ -42,7 +42,7 @@ def test_masked_encode_keeps_the_visible_tokens_in_grid_order_and_traces_without
     x, positions = net._embed(images)
     x, positions = x[~mask.flatten(1)].reshape(3, num_visible, -1), positions[~mask.flatten(1)].reshape(3, -1, 2)
     for block in net.enc_blocks:
-        x = block(x, positions)
+        x = block(x, net.enc_rope.tables(positions))
     for tokens, pos in (net.encode(images, mask), net.encode(images, mask, num_visible)):
         assert torch.equal(pos, positions)
         torch.testing.assert_close(tokens, net.enc_norm(x))
@@ -116,3 +116,15 @@ def test_training_step_gradients_reach_all_parameters():
     head(net.decode(*net.encode(images, mask), *net.encode(images), mask)).pow(2).mean().backward()
     missing = [n for n, p in [*net.named_parameters(), *head.named_parameters()] if p.grad is None]
     assert missing == []
+
+
+@torch.no_grad()
+def test_patch_projection_as_a_matrix_product_is_the_convolution():
+    """``_embed`` projects flattened patches with the convolution's weights (CroCo checkpoints keep them
+    as ``patch_embed.proj``): the tokens are those of timm's ``PatchEmbed`` on the normalised image."""
+    net = small_net().eval()
+    images = torch.rand(2, 3, 64, 64)
+    tokens, positions = net._embed(images)
+    expected = net.patch_embed((images - net.pixel_mean) / net.pixel_std)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+    assert positions[0, 5].tolist() == [1, 1]  # row-major on the 4 x 4 grid

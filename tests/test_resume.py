@@ -116,6 +116,8 @@ def test_resuming_continues_the_wandb_run(pair_shards, tmp_path, monkeypatch):
     main([*args, "--trainer.max_steps=4", "--ckpt_path=last"])
     runs = sorted((tmp_path / "runs/pretrain_cpu_demo/wandb").glob("offline-run-*"))
     assert len(runs) == 2
-    assert runs[0].name.rsplit("-", 1)[1] == runs[1].name.rsplit("-", 1)[1]  # same run id, appended to
+    # offline-run-<date>_<time>-<run id>, plus "-1" when both runs started within the same second
+    run_ids = [run.name.split("-")[3] for run in runs]
+    assert run_ids[0] == run_ids[1]  # same run id, appended to
     checkpoint = torch.load(tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == 4 and checkpoint["wandb_run_id"] == runs[0].name.rsplit("-", 1)[1]
+    assert checkpoint["global_step"] == 4 and checkpoint["wandb_run_id"] == run_ids[0]

@@ -125,18 +125,19 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 @torch.no_grad()
 def test_self_attention_rotates_queries_and_keys_by_the_token_positions():
-    attn = Attention(32, num_heads=2, rope=RoPE2D(16)).eval()
+    attn, rope = Attention(32, num_heads=2).eval(), RoPE2D(16)
     x, pos = torch.randn(2, 9, 32), random_positions(2, 9)
     q, k, v = (split_heads(t, 2) for t in attn.qkv(x).chunk(3, dim=-1))
     expected = attn.proj(reference_attention(q, k, v, pos, pos))
-    torch.testing.assert_close(attn(x, pos), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn(x, rope.tables(pos)), expected, atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()
 def test_cross_attention_rotates_queries_and_keys_by_their_own_positions():
-    attn = CrossAttention(32, num_heads=2, rope=RoPE2D(16)).eval()
+    attn, rope = CrossAttention(32, num_heads=2).eval(), RoPE2D(16)
     query, memory = torch.randn(2, 5, 32), torch.randn(2, 9, 32)
     query_pos, memory_pos = random_positions(2, 5), random_positions(2, 9)
     q, k, v = split_heads(attn.projq(query), 2), split_heads(attn.projk(memory), 2), split_heads(attn.projv(memory), 2)
     expected = attn.proj(reference_attention(q, k, v, query_pos, memory_pos))
-    torch.testing.assert_close(attn(query, memory, query_pos, memory_pos), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn(query, memory, rope.tables(query_pos), rope.tables(memory_pos)), expected,
+                               atol=1e-5, rtol=1e-5)

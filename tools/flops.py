@@ -10,8 +10,8 @@ With
 
 one forward pass of a pair costs
 
-    patch_embed     2 * 2N * P * D                     both images are embedded in full; the
-                                                       hidden tokens of image 1 are dropped after
+    patch_embed     2 * (V + N) * P * D                image 2 in full, image 1's visible patches
+                                                       only (hidden ones are never projected)
     encoder         L * [ (2V + 2N) * (4 + 2r) * D^2   qkv (3D^2) + proj (D^2) + MLP (2rD^2)
                         + 4 * (V^2 + N^2) * D ]        scores QK^T + weighted sum AV, per image
     decoder_embed   2 * (V + N) * D * d                both images' tokens to decoder width
@@ -101,7 +101,7 @@ def pretrain_step_flops(model: CroCoNet | Mapping | CroCoDims, batch_size: int, 
     P = 3 * dims.patch_size**2
     D, L, d, l, r = dims.embed_dim, dims.depth, dims.decoder_embed_dim, dims.decoder_depth, dims.mlp_ratio
     per_pair = {
-        "patch_embed": 2 * (2 * N) * P * D,
+        "patch_embed": 2 * (V + N) * P * D,
         "encoder": L * (2 * (V + N) * (4 + 2 * r) * D * D + 4 * (V * V + N * N) * D),
         "decoder_embed": 2 * (V + N) * D * d,
         "decoder_self_attn": l * (2 * N * 4 * d * d + 4 * N * N * d),
