@@ -31,11 +31,11 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rope: Tensor | None) -> Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        qk, v = qkv[:2], qkv[2]
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)  # (B, N, heads, D)
         if rope is not None:
-            qk = RoPE2D.rotate(qk, rope)  # q and k share positions: one rotation for both
-        x = F.scaled_dot_product_attention(qk[0], qk[1], v, dropout_p=self.attn_drop if self.training else 0.0)
+            q, k = RoPE2D.rotate(q, rope), RoPE2D.rotate(k, rope)
+        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -54,8 +54,8 @@ class CrossAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _heads(self, x: Tensor) -> Tensor:
-        B, N, C = x.shape
-        return x.reshape(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)
+        """(B, N, C) -> (B, N, heads, head_dim), the layout ``RoPE2D.rotate`` works in."""
+        return x.unflatten(-1, (self.num_heads, -1))
 
     def forward(self, query: Tensor, memory: Tensor, query_rope: Tensor | None,
                 memory_rope: Tensor | None) -> Tensor:
@@ -63,7 +63,8 @@ class CrossAttention(nn.Module):
         q, k, v = self._heads(self.projq(query)), self._heads(self.projk(memory)), self._heads(self.projv(memory))
         if query_rope is not None:
             q, k = RoPE2D.rotate(q, query_rope), RoPE2D.rotate(k, memory_rope)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 

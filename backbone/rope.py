@@ -16,10 +16,11 @@ class RoPE2D(nn.Module):
     Written for speed, eager and compiled, since it runs on q and k in every block: the cos and
     sign-folded sin of every token are gathered once per sequence (``tables``) and shared by all
     blocks, so a block only computes ``x * cos + swap(x) * sin`` (``rotate``), where the rotate-half
-    of both axis halves is a single ``flip``. Queries and keys that share positions can be stacked
-    on a leading dim and rotated in one call. The product runs in the input dtype, as in CroCo and
-    timm: bf16 rounds the tables and products (about one bf16 ulp more than a float32 pass), far
-    below what training in bf16 already tolerates.
+    of both axis halves is a single ``flip``. Tokens are rotated where the qkv projection leaves them,
+    token-major (B, N, heads, head_dim), so the rotation and its gradient are written in the
+    projection's own layout, with no transpose (attention takes a transposed view). The product
+    runs in the input dtype, as in CroCo and timm: bf16 rounds the tables and products (about one
+    bf16 ulp more than a float32 pass), far below what training in bf16 already tolerates.
 
     The angles are precomputed up to ``max_positions`` per axis (non-persistent buffer, so
     checkpoints stay identical to CroCo's parameter-free RoPE) and indexed by the integer
@@ -42,17 +43,16 @@ class RoPE2D(nn.Module):
         self.register_buffer("table", table.float(), persistent=False)
 
     def tables(self, positions: Tensor) -> Tensor:
-        """(B, N, 2) integer (row, column) -> (cos|sin, B, 1, N, head_dim) float32, for ``rotate``.
+        """(B, N, 2) integer (row, column) -> (cos|sin, B, N, 1, head_dim) float32, for ``rotate``.
 
         The row rotates the first half of each head, the column the second; the singleton dim
         broadcasts over heads.
         """
-        return self.table[:, positions].flatten(-2)[:, :, None]
+        return self.table[:, positions].flatten(-2)[..., None, :]
 
     @staticmethod
     def rotate(x: Tensor, tables: Tensor) -> Tensor:
-        """x: (..., B, heads, N, head_dim), e.g. q and k stacked on a leading dim; tables: from ``tables``
-        for the positions of x's tokens."""
+        """x: (..., B, N, heads, head_dim); tables: from ``tables`` for the positions of x's tokens."""
         cos, sin = tables.to(x.dtype)
         swapped = x.unflatten(-1, (2, 2, -1)).flip(-2).flatten(-3)  # quarters swapped within each axis half
         return torch.addcmul(x * cos, swapped, sin)

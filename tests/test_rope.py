@@ -35,6 +35,11 @@ def reference_rope2d(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.T
     return torch.cat((rope_1d(y_half, pos[..., 0]), rope_1d(x_half, pos[..., 1])), dim=-1)
 
 
+def heads_first(rope: RoPE2D, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``rope`` on (..., B, heads, N, D), the layout of the references here (RoPE2D works token-major)."""
+    return rope(x.transpose(-2, -3), pos).transpose(-2, -3)
+
+
 def random_positions(batch: int, tokens: int, high: int = 20) -> torch.Tensor:
     return torch.randint(0, high, (batch, tokens, 2))
 
@@ -45,13 +50,13 @@ def test_matches_explicit_pairwise_rotations():
     pos = random_positions(2, 5)
     expected = torch.cat((explicit_rope_1d(x[..., :8], pos[:, None, :, 0], 100.0),
                           explicit_rope_1d(x[..., 8:], pos[:, None, :, 1], 100.0)), dim=-1)
-    torch.testing.assert_close(rope(x, pos), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(heads_first(rope, x, pos), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_rotation_preserves_norms():
     rope = RoPE2D(head_dim=32)
     x = torch.randn(2, 4, 10, 32)
-    torch.testing.assert_close(rope(x, random_positions(2, 10)).norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(heads_first(rope, x, random_positions(2, 10)).norm(dim=-1), x.norm(dim=-1))
 
 
 def test_scores_depend_only_on_relative_position():
@@ -59,18 +64,18 @@ def test_scores_depend_only_on_relative_position():
     q, k = torch.randn(1, 1, 6, 32), torch.randn(1, 1, 6, 32)
     pos_q, pos_k = random_positions(1, 6, 50), random_positions(1, 6, 50)
     shift = torch.tensor([7, 13])
-    scores = rope(q, pos_q) @ rope(k, pos_k).transpose(-1, -2)
-    shifted = rope(q, pos_q + shift) @ rope(k, pos_k + shift).transpose(-1, -2)
+    scores = heads_first(rope, q, pos_q) @ heads_first(rope, k, pos_k).transpose(-1, -2)
+    shifted = heads_first(rope, q, pos_q + shift) @ heads_first(rope, k, pos_k + shift).transpose(-1, -2)
     torch.testing.assert_close(scores, shifted, atol=1e-4, rtol=1e-4)
     # ... and they do depend on it: moving only the keys changes the scores.
-    moved = rope(q, pos_q) @ rope(k, pos_k + shift).transpose(-1, -2)
+    moved = heads_first(rope, q, pos_q) @ heads_first(rope, k, pos_k + shift).transpose(-1, -2)
     assert not torch.allclose(scores, moved, atol=1e-3)
 
 
 def test_row_and_column_rotate_separate_halves():
     rope = RoPE2D(head_dim=8)
     x = torch.randn(1, 1, 1, 8)
-    moved_row = rope(x, torch.tensor([[[3, 0]]]))
+    moved_row = heads_first(rope, x, torch.tensor([[[3, 0]]]))
     torch.testing.assert_close(moved_row[..., 4:], x[..., 4:])  # column half untouched by a row move
     assert not torch.allclose(moved_row[..., :4], x[..., :4])
 
@@ -83,7 +88,7 @@ def test_rejects_head_dim_not_divisible_by_four():
 def test_position_zero_is_identity():
     rope = RoPE2D(head_dim=16)
     x = torch.randn(1, 2, 3, 16)
-    torch.testing.assert_close(rope(x, torch.zeros(1, 3, 2, dtype=torch.long)), x)
+    torch.testing.assert_close(heads_first(rope, x, torch.zeros(1, 3, 2, dtype=torch.long)), x)
 
 
 @pytest.mark.parametrize("head_dim", [8, 64])
@@ -91,14 +96,14 @@ def test_matches_reference_formula_in_float32(head_dim):
     rope = RoPE2D(head_dim, base=100.0)
     x = torch.randn(2, 3, 40, head_dim)
     pos = random_positions(2, 40, high=256)
-    torch.testing.assert_close(rope(x, pos), reference_rope2d(x, pos, 100.0), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(heads_first(rope, x, pos), reference_rope2d(x, pos, 100.0), atol=1e-6, rtol=1e-6)
 
 
 def test_bfloat16_stays_bfloat16_and_close_to_float32_reference():
     rope = RoPE2D(64)
     x = torch.randn(2, 3, 40, 64).bfloat16()
     pos = random_positions(2, 40, high=256)
-    rotated = rope(x, pos)
+    rotated = heads_first(rope, x, pos)
     assert rotated.dtype == torch.bfloat16
     # ~1 bf16 ulp of |x| <= 4 from rounding the tables and the products; a wrong rotation is O(1) off.
     torch.testing.assert_close(rotated.float(), reference_rope2d(x, pos, 100.0), atol=3e-2, rtol=1.6e-2)
@@ -108,7 +113,7 @@ def test_stacked_queries_and_keys_rotate_like_separate_calls():
     rope = RoPE2D(16)
     qk = torch.randn(2, 2, 3, 7, 16)
     pos = random_positions(2, 7)
-    torch.testing.assert_close(rope(qk, pos), torch.stack([reference_rope2d(t, pos, 100.0) for t in qk]),
+    torch.testing.assert_close(heads_first(rope, qk, pos), torch.stack([reference_rope2d(t, pos, 100.0) for t in qk]),
                                atol=1e-6, rtol=1e-6)
 
 
