@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.main import main
 from tests.conftest import REPO
+from tools.main import main
 
 TINY_MODEL = [
     "--model.backbone.init_args.img_size=64", "--model.backbone.init_args.embed_dim=32",

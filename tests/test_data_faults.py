@@ -47,7 +47,7 @@ def test_faults_are_skipped_and_counted(faulty_shards):
 
 
 def test_faulty_shards_train_through_the_cli_and_log_counts(faulty_shards, tmp_path, monkeypatch):
-    from tests.test_cli import TINY_MODEL, REPO
+    from tests.test_cli import REPO, TINY_MODEL
     from tools.main import main
 
     monkeypatch.chdir(tmp_path)

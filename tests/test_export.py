@@ -21,7 +21,8 @@ def test_export_croco_and_timm_from_a_trained_run(pair_shards, tmp_path, monkeyp
 
     backbone, head, report = build_from_croco(export([*common, "--format", "croco", "--out", "croco.pth"]))
     assert not report.missing and not report.unexpected
-    torch.testing.assert_close(backbone.enc_blocks[1].attn.qkv.weight, checkpoint["backbone.enc_blocks.1.attn.qkv.weight"])
+    torch.testing.assert_close(backbone.enc_blocks[1].attn.qkv.weight,
+                               checkpoint["backbone.enc_blocks.1.attn.qkv.weight"])
     torch.testing.assert_close(head.proj.weight, checkpoint["head.proj.weight"])
 
     state = load_file(export([*common, "--format", "timm", "--out", "encoder.safetensors"]))

@@ -16,7 +16,8 @@ def test_patchify_round_trip_and_layout():
 def test_norm_pix_target_uses_unbiased_variance():
     patches = torch.rand(1, 2, 768)
     normalized, mean, std = normalize_patches(patches)
-    expected = (patches - patches.mean(-1, keepdim=True)) / torch.sqrt(patches.var(-1, unbiased=True, keepdim=True) + 1e-6)
+    variance = patches.var(-1, unbiased=True, keepdim=True)
+    expected = (patches - patches.mean(-1, keepdim=True)) / torch.sqrt(variance + 1e-6)
     torch.testing.assert_close(normalized, expected)
     torch.testing.assert_close(normalized * std + mean, patches)
 

@@ -63,7 +63,8 @@ def test_6d_round_trip_and_axis_angle():
     torch.testing.assert_close(rotation_6d_to_matrix(matrix_to_rotation_6d(matrix)), matrix)
     torch.testing.assert_close(matrix_to_axis_angle(matrix), axis_angle)
     torch.testing.assert_close(axis_angle_to_matrix(torch.zeros(3)), torch.eye(3))
-    torch.testing.assert_close(axis_angle_to_matrix(torch.tensor([0.0, 0.0, 0.3], dtype=torch.float64)), rotation_z(0.3))
+    about_z = torch.tensor([0.0, 0.0, 0.3], dtype=torch.float64)
+    torch.testing.assert_close(axis_angle_to_matrix(about_z), rotation_z(0.3))
 
 
 def test_6d_of_an_arbitrary_output_is_a_rotation():

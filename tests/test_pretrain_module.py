@@ -40,7 +40,8 @@ def test_optimizer_recipe(pair_shards, tmp_path):
                           epoch_pairs=64, shuffle_buffer=4)
     trainer.fit(module, datamodule=data)
     peak = 1e-3 * (4 * 2) / 256
-    decayed, undecayed = ([id(p) for g in capture.optimizer.param_groups if g["weight_decay"] == wd for p in g["params"]]
+    groups = capture.optimizer.param_groups
+    decayed, undecayed = ([id(p) for g in groups if g["weight_decay"] == wd for p in g["params"]]
                           for wd in (0.05, 0.0))
     names = {id(p): n for n, p in module.named_parameters()}
     assert {names[i] for i in undecayed} >= {"backbone.mask_token", "backbone.enc_norm.weight", "head.proj.bias"}

@@ -22,7 +22,8 @@ def write_config(path: Path, kill_at: int | None) -> Path:
     """The demo config with a last.ckpt every 5 steps, a CSV logger, a record of the data stream
     and, optionally, a SIGKILL."""
     config = yaml.safe_load((REPO / "configs/pretrain/cpu_demo.yaml").read_text())
-    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}
+    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                   "init_args": {"save_dir": "logs"}}
     config["trainer"]["callbacks"] = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": "checkpoints", "every_n_train_steps": 5, "save_top_k": 0, "save_last": True}},

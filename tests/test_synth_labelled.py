@@ -191,7 +191,7 @@ def test_hands_are_held_up_to_the_camera_palm_or_back_first(hand_shards: tuple) 
 
 @pytest.mark.parametrize("task", ["body", "hand"])
 def test_smplx_meshes_of_the_labels_land_on_the_crop(
-    task: str, body_shards: tuple, hand_shards: tuple, model_root: tuple[Path, str]
+    task: str, body_shards: tuple, hand_shards: tuple, model_root: tuple[Path, str]  # noqa: F811 (fixture)
 ) -> None:
     """The stored parameters posed through smplx give the stored vertices, on the rendered person."""
     root, _ = body_shards if task == "body" else hand_shards

@@ -8,8 +8,17 @@ import torch
 from safetensors.torch import save_file
 
 from backbone.croco import IMAGENET_MEAN, IMAGENET_STD, CroCoNet
-from backbone.weights import (KeyReport, build_from_croco, croco_kwargs_to_ours, export_timm, load_croco,
-                              load_encoder, load_into_timm, read_checkpoint, to_croco_checkpoint)
+from backbone.weights import (
+    KeyReport,
+    build_from_croco,
+    croco_kwargs_to_ours,
+    export_timm,
+    load_croco,
+    load_encoder,
+    load_into_timm,
+    read_checkpoint,
+    to_croco_checkpoint,
+)
 from heads.completion import CompletionHead
 
 SMALL = {"img_size": 64, "embed_dim": 64, "depth": 2, "num_heads": 2, "decoder_embed_dim": 64, "decoder_depth": 2,
