@@ -128,3 +128,26 @@ def test_patch_projection_as_a_matrix_product_is_the_convolution():
     expected = net.patch_embed((images - net.pixel_mean) / net.pixel_std)
     torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
     assert positions[0, 5].tolist() == [1, 1]  # row-major on the 4 x 4 grid
+
+
+def test_compiled_blocks_trace_whole_and_match_eager():
+    """``compile()`` (what ``compile: true`` in a task's YAML runs) compiles each block; every block traces as
+    one graph (RoPE tables in, no graph break) for both sequence lengths of pretraining, and gives the eager
+    result. The eager backend keeps this to dynamo's tracing, so it runs on any machine."""
+    torch.manual_seed(0)
+    net = small_net().eval()
+    images1, images2 = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    masking = RandomMasking(0.75)
+    mask = masking(2, net.patch_grid)
+
+    def complete() -> torch.Tensor:
+        tokens1, pos1 = net.encode(images1, mask, 16 - masking.num_masked(net.patch_grid))
+        tokens2, pos2 = net.encode(images2)
+        return net.decode(tokens1, pos1, tokens2, pos2, mask)
+
+    with torch.no_grad():
+        expected = complete()
+        torch._dynamo.reset()
+        net.compile(backend="eager", fullgraph=True)
+        torch.testing.assert_close(complete(), expected)
+    torch._dynamo.reset()
