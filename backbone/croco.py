@@ -153,10 +153,11 @@ class CroCoNet(nn.Module):
                 raise ValueError(f"cosine position embedding is fixed to grid {self.patch_grid}, got {grid}")
             pos_embed = self.enc_pos_embed.expand(images.shape[0], -1, -1)
         if keep is not None:
-            pixels = pixels.gather(1, keep.expand(-1, -1, pixels.shape[-1]))
-            positions = positions.gather(1, keep.expand(-1, -1, 2))
-            if pos_embed is not None:
-                pos_embed = pos_embed.gather(1, keep.expand(-1, -1, pos_embed.shape[-1]))
+            def kept(per_patch: Tensor) -> Tensor:
+                return per_patch.gather(1, keep.expand(-1, -1, per_patch.shape[-1]))
+
+            pixels, positions = kept(pixels), kept(positions)
+            pos_embed = None if pos_embed is None else kept(pos_embed)
         proj = self.patch_embed.proj
         x = F.linear(pixels, proj.weight.flatten(1), proj.bias)
         return (x if pos_embed is None else x + pos_embed), positions

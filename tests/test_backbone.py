@@ -94,6 +94,12 @@ def test_cosine_position_embedding_variant():
     mask = RandomMasking(0.5)(2, (4, 4))
     images = torch.rand(2, 3, 64, 64)
     assert net.decode(*net.encode(images, mask), *net.encode(images), mask).shape == (2, 16, 32)
+    # Embedding only kept patches gives the kept rows of the full embedding, position embedding included.
+    keep = torch.tensor([[[5], [0], [15]], [[1], [2], [3]]])
+    full, full_positions = net._embed(images)
+    kept, kept_positions = net._embed(images, keep)
+    torch.testing.assert_close(kept, full.gather(1, keep.expand(-1, -1, 64)))
+    assert torch.equal(kept_positions, full_positions.gather(1, keep.expand(-1, -1, 2)))
     with pytest.raises(ValueError, match="fixed to grid"):
         net.encode(torch.rand(1, 3, 32, 32))
 
