@@ -41,7 +41,6 @@ import os
 import platform
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +67,7 @@ from lightning_modules.finetune import FinetuneTask
 from lightning_modules.mesh_losses import project
 from lightning_modules.pretrain import PretrainModule
 from tools.flops import pretrain_step_flops
+from tools.provenance import git_commit
 from tools.synth.bodymodel import write_body_models
 from tools.synth.hand import GESTURE_NAMES
 
@@ -163,15 +163,6 @@ def describe_device(device: torch.device) -> dict:
     return {"type": "cpu", "name": name, "slug": f"cpu-{slug(name)}-{cores}cores", "cores": cores,
             "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
             "peak_bf16_flops": None, "peak_bf16_flops_source": "no peak FLOP/s table for CPUs"}
-
-
-def git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=REPO, capture_output=True, text=True,
-                                timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def load_average() -> float | None:

@@ -20,7 +20,6 @@ import platform
 import random
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -35,6 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw, ImageFont
 
 from tools.main import main as crocoman
+from tools.provenance import git_commit
 from tools.synth import write_body_models, write_labelled_shards, write_pair_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -460,18 +460,6 @@ def plot(table: dict, fractions: list[float], path: Path) -> None:
         draw.line((x, y + 6, x + 24, y + 6), fill=colour, width=3)
         draw.text((x + 30, y), ARM_LABELS[arm], fill="black", font=font)
     image.save(path)
-
-
-def git_commit() -> str:
-    """HEAD, marked when the working tree differs from it (read-only git calls)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (" + uncommitted changes" if dirty else "")
 
 
 def machine() -> str:
