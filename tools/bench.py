@@ -389,7 +389,7 @@ def encoder_timing(model: nn.Module, ours: bool, images: Tensor, device: torch.d
     forward = (lambda x: model.encode(x)[0]) if ours else model.forward_features
     if compiled:
         torch._dynamo.reset()
-        for block in model.transformer_blocks() if ours else model.blocks:
+        for block in model.enc_blocks if ours else model.blocks:
             block.compile()
 
     def step() -> None:
