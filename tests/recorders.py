@@ -6,13 +6,16 @@ import signal
 from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
+from torch import Tensor
+from torch._dynamo.utils import counters
 from torch.distributed._composable.contract import _get_registry
 from torch.distributed.tensor import DTensor
 
 
 class BatchRecorder(Callback):
-    """Writes, per rank, the training batches per epoch, the keys seen in validation, and whether the
-    transformer blocks ended up sharded (FSDP2 parameters are DTensors).
+    """Writes, per rank, the training batches per epoch, the keys seen in validation, whether the
+    transformer blocks ended up sharded (FSDP2 parameters are DTensors) and checkpointed, how many
+    graphs torch.compile built in that process, and how far training moved the parameters (L1).
 
     The output folder comes from ``CROCOMAN_RECORD_DIR`` so the callback needs no arguments.
     """
@@ -20,6 +23,14 @@ class BatchRecorder(Callback):
     def __init__(self) -> None:
         self.train_batches: dict[int, int] = {}
         self.val_keys: list[str] = []
+        self.initial: list[Tensor] = []
+
+    @staticmethod
+    def full_parameters(module: LightningModule) -> list[Tensor]:
+        return [(p.full_tensor() if isinstance(p, DTensor) else p).detach().clone() for p in module.parameters()]
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.initial = self.full_parameters(pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         self.train_batches[trainer.current_epoch] = self.train_batches.get(trainer.current_epoch, 0) + 1
@@ -36,15 +47,19 @@ class BatchRecorder(Callback):
         checkpointed = "checkpoint" in (_get_registry(block) or {})  # composable activation checkpointing
         out.write_text(json.dumps({"train_batches": self.train_batches, "val_keys": self.val_keys,
                                    "world_size": trainer.world_size, "blocks_sharded": sharded,
-                                   "blocks_checkpointed": checkpointed}))
+                                   "blocks_checkpointed": checkpointed,
+                                   "compiled_graphs": counters["stats"]["unique_graphs"],
+                                   "parameter_change": float(sum((p - q).abs().sum() for p, q in zip(
+                                       self.full_parameters(pl_module), self.initial)))}))
 
 
 class TrainStream(Callback):
-    """Appends, per training batch, the step, the sample keys and a checksum of the pixels to
+    """Appends, per training batch, the step, the sample keys, a checksum of the pixels and the loss to
     ``CROCOMAN_RECORD_DIR/stream-rank<r>.jsonl``: line by line, so a killed run leaves its record."""
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        record = {"step": trainer.global_step, "keys": list(batch["key"]), "pixels": float(batch["image1"].sum())}
+        record = {"step": trainer.global_step, "keys": list(batch["key"]), "pixels": float(batch["image1"].sum()),
+                  "loss": float(outputs["loss"])}
         path = Path(os.environ["CROCOMAN_RECORD_DIR"], f"stream-rank{trainer.global_rank}.jsonl")
         with path.open("a") as file:
             file.write(json.dumps(record) + "\n")
