@@ -12,12 +12,9 @@ import re
 import torch
 from torch import Tensor
 
-SMPL_JOINT_NAMES = (
-    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
-    "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck",
-    "left_collar", "right_collar", "head", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hand", "right_hand",
-)  # fmt: skip
+from heads.body_model import JOINT_NAMES_OF
+
+SMPL_JOINT_NAMES = JOINT_NAMES_OF["smpl"][:24]  # the 24 skeleton joints, in SMPL's order
 # Joints posed by `body_pose` (all but the root): SMPL's 23, SMPL-X's first 21 (the same joints;
 # SMPL-X poses the hands with its own finger parameters instead of SMPL's two hand joints).
 BODY_POSE_JOINTS = {"smpl": SMPL_JOINT_NAMES[1:24], "smplx": SMPL_JOINT_NAMES[1:22]}
