@@ -15,7 +15,24 @@ from torch import Tensor, nn
 from backbone.rope import RoPE2D
 
 
-class Attention(nn.Module):
+class _HeadsAttention(nn.Module):
+    """What self- and cross-attention share: the heads' scaled dot-product attention and the output
+    projection. Subclasses create these layers after their input projections: creation order is the
+    order a seeded initialisation draws in, so seeded runs keep their numbers."""
+
+    num_heads: int
+    attn_drop: float
+    proj: nn.Linear
+    proj_drop: nn.Dropout
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """(B, N, heads, head_dim) queries, (B, M, heads, head_dim) keys and values -> (B, N, dim)."""
+        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).flatten(2)))
+
+
+class Attention(_HeadsAttention):
     """Multi-head self-attention, queries and keys rotated by their tokens' RoPE tables if given."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
@@ -34,12 +51,10 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)  # (B, N, heads, D)
         if rope is not None:
             q, k = RoPE2D.rotate(q, rope), RoPE2D.rotate(k, rope)
-        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        return self._attend(q, k, v)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_HeadsAttention):
     """Queries from image 1 attend to keys/values from image 2; RoPE uses each side's tables."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
@@ -59,13 +74,10 @@ class CrossAttention(nn.Module):
 
     def forward(self, query: Tensor, memory: Tensor, query_rope: Tensor | None,
                 memory_rope: Tensor | None) -> Tensor:
-        B, N, C = query.shape
         q, k, v = self._heads(self.projq(query)), self._heads(self.projk(memory)), self._heads(self.projv(memory))
         if query_rope is not None:
             q, k = RoPE2D.rotate(q, query_rope), RoPE2D.rotate(k, memory_rope)
-        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        return self._attend(q, k, v)
 
 
 class EncoderBlock(nn.Module):
