@@ -41,7 +41,7 @@ $(PRETRAINED): | $(INSTALLED) $(SYNTH)/manifest.json
 	$(CROCOMAN) fit -c configs/pretrain/cpu_demo.yaml
 
 $(BODIES)/manifest.json: | $(INSTALLED)
-	$(BIN)/crocoman-data labelled --task body --out $(BODIES) --samples 2000 --val-samples 200 --size 128 --workers 2
+	$(BIN)/crocoman-data labelled --task body --out $(BODIES) --samples 2000 --val-samples 200 --size 128 --workers 2 --no-vertices
 
 $(HANDS)/manifest.json: | $(INSTALLED)
 	$(BIN)/crocoman-data labelled --task hand --out $(HANDS) --samples 8000 --val-samples 400 --size 128 --workers 2

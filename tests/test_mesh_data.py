@@ -15,13 +15,16 @@ from lightning import LightningDataModule
 from PIL import Image
 from test_synth_bodymodel import load_model
 
+from backbone import CroCoNet
 from datamodules import MeshDataModule
 from datamodules.health import SKIP_KINDS, SKIPPED_KEY
 from datamodules.hmr_tars import FOCAL_LENGTH_PX, HAMER_HAND_KEYPOINTS, HMR_BODY_KEYPOINTS
 from datamodules.labelled import crop_affine
 from datamodules.mesh import rotate_axis_angle_about_z, warp
 from datamodules.mirror import SMPL_JOINT_NAMES, mirror_permutation, vertex_mirror_map
+from heads import BodyModel, ParametricHead
 from heads.rotations import axis_angle_to_matrix
+from lightning_modules import MeshRecoveryModule
 from tools.synth import write_labelled_shards
 from tools.synth.bodymodel import write_body_models
 
@@ -196,6 +199,21 @@ def test_eval_batches_keep_the_shard_labels(body_shards: Path, body_models: Path
                 torch.testing.assert_close(batch["keypoints_2d"][index], torch.from_numpy(arrays["keypoints_2d"]))
         assert batch["has"]["vertices"].all()
         assert (pose_model(model, batch).vertices - batch["vertices"]).norm(dim=-1).max() < 1e-4
+
+
+def test_shards_without_vertices_flag_them_missing(tmp_path: Path, body_models: Path) -> None:
+    """`--no-vertices` shards: batches say so, and the mesh module poses its vertex targets from the parameters."""
+    write_labelled_shards(tmp_path, 4, task="body", image_size=SIZE, samples_per_shard=4, vertices=False)
+    batch = batches(data(tmp_path, augment=False).train_dataloader())[0]
+    assert not batch["has"]["vertices"].any() and batch["has"]["params"].all()
+    assert not batch["vertices"].any()
+    module = MeshRecoveryModule(CroCoNet(img_size=SIZE, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32,
+                                         decoder_depth=1, decoder_num_heads=2),
+                                ParametricHead("smpl", dim=32, depth=1, num_heads=2),
+                                body_model=BodyModel("smpl", str(body_models)))
+    vertices, has = module.targets(batch)
+    assert has.all() and (pose_model(load_model(body_models, "smpl"), batch).vertices
+                          - batch["keypoints_3d"][:, :1, :3] - vertices).norm(dim=-1).max() < 1e-4
 
 
 def test_image_warp_moves_pixels_like_the_keypoints() -> None:

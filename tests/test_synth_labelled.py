@@ -1,6 +1,7 @@
 """Labelled synthetic shards follow the schema, are reproducible, and their labels agree with the
 rendered crop and with the generated body models posed through smplx."""
 
+import io
 import json
 from pathlib import Path
 
@@ -230,6 +231,17 @@ def test_a_seed_encodes_the_same_bytes_and_another_seed_others(task: str) -> Non
     assert all(first[key] != other[key] for key in ("jpg", "json", "npz"))
 
 
+@pytest.mark.parametrize("task", ["body", "hand"])
+def test_leaving_vertices_out_changes_nothing_else(task: str) -> None:
+    full, lean = (encode_labelled(3, 0, task, image_size=SIZE, vertices=vertices) for vertices in (True, False))
+    assert {key: value for key, value in full.items() if key != "npz"} == {k: v for k, v in lean.items() if k != "npz"}
+    with np.load(io.BytesIO(full["npz"])) as with_mesh, np.load(io.BytesIO(lean["npz"])) as without:
+        assert set(with_mesh.files) - set(without.files) == {"vertices"}
+        for name in without.files:
+            np.testing.assert_array_equal(without[name], with_mesh[name])
+    assert len(lean["npz"]) < len(full["npz"]) / 4
+
+
 def test_cli_labelled_writes_shards_and_refuses_stale_ones(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = ["labelled", "--out", str(tmp_path), "--task", "hand", "--samples", "3", "--val-samples", "1"]
     argv += ["--size", "32", "--workers", "1"]
@@ -239,3 +251,7 @@ def test_cli_labelled_writes_shards_and_refuses_stale_ones(tmp_path: Path, capsy
     assert "labelled: 3 train + 1 val hand samples" in capsys.readouterr().out
     with pytest.raises(FileExistsError, match="labelled-000000.tar"):
         main(argv)
+    assert manifest["vertices"] is True
+    main([*argv[:2], str(tmp_path / "lean"), *argv[3:], "--no-vertices"])
+    assert json.loads((tmp_path / "lean" / "manifest.json").read_text())["vertices"] is False
+    assert all("vertices" not in sample["npz"] for sample in _read(tmp_path / "lean"))

@@ -38,6 +38,7 @@ def _labelled(args: argparse.Namespace) -> None:
         workers=args.workers,
         samples_per_shard=args.samples_per_shard,
         val_samples=args.val_samples,
+        vertices=args.vertices,
     )
 
 
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     labelled.add_argument("--seed", type=int, default=0)
     labelled.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
     labelled.add_argument("--samples-per-shard", type=int, default=200)
+    labelled.add_argument("--no-vertices", dest="vertices", action="store_false",
+                          help="store no mesh vertices (most of a body sample's bytes): fine-tuning with a body model "
+                               "recomputes them from the stored parameters")
     labelled.set_defaults(run=_labelled)
 
     body_models = commands.add_parser(

@@ -143,21 +143,23 @@ def _npz_bytes(arrays: dict[str, torch.Tensor]) -> bytes:
     return buffer.getvalue()
 
 
-def _labels(frame: Frame, body_model: str) -> dict[str, torch.Tensor]:
+def _labels(frame: Frame, body_model: str, vertices: bool) -> dict[str, torch.Tensor]:
     keypoints_3d_m = frame.joints_3d_m
     projected = keypoints_3d_m.double() @ frame.K.double().T  # from the stored float32 3D points
     keypoints_2d_px = (projected[:, :2] / projected[:, 2:]).float()
-    world_vertices_m = surface_vertices(mesh_template(body_model), frame.scene.capsules, frame.scene.ellipsoids)
     visibility = keypoint_visibility(frame, keypoints_2d_px, _OWN_PRIMITIVES[body_model])
-    return {
+    labels = {
         "keypoints_2d": torch.cat([keypoints_2d_px, visibility[:, None]], dim=1),
         "keypoints_3d": torch.cat([keypoints_3d_m, torch.ones(len(keypoints_3d_m), 1)], dim=1),
         "global_orient": frame.body.global_orient,
         "body_pose" if body_model == "smpl" else "hand_pose": frame.body.pose,
         "betas": frame.body.betas,
         "transl": frame.body.transl,
-        "vertices": world_vertices_m @ frame.R.T + frame.t,
     }
+    if vertices:
+        world_m = surface_vertices(mesh_template(body_model), frame.scene.capsules, frame.scene.ellipsoids)
+        labels["vertices"] = world_m @ frame.R.T + frame.t
+    return labels
 
 
 def _record(frame: Frame, task: str, subject: str) -> bytes:
@@ -176,9 +178,9 @@ def _record(frame: Frame, task: str, subject: str) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
-def encode_labelled(index: int, seed: int, task: str, image_size: int) -> dict[str, str | bytes]:
+def encode_labelled(index: int, seed: int, task: str, image_size: int, vertices: bool = True) -> dict[str, str | bytes]:
     """Render labelled sample `index` of `task` as one tar sample (jpg, json, npz, and iuv.png
-    for bodies or cls for hands)."""
+    for bodies or cls for hands); `vertices=False` leaves the mesh out of the npz."""
     if task == "body":
         group = render_group(seed, index, image_size, cameras=1, times=1)
         frame, subject, body_model = group.frames[0], group.subject, "smpl"
@@ -191,7 +193,7 @@ def encode_labelled(index: int, seed: int, task: str, image_size: int) -> dict[s
         "__key__": f"{task}{index:07d}",
         "jpg": jpeg_bytes(frame.rendering.rgb),
         "json": _record(frame, task, subject),
-        "npz": _npz_bytes(_labels(frame, body_model)),
+        "npz": _npz_bytes(_labels(frame, body_model, vertices)),
         **task_labels,
     }
 
@@ -205,11 +207,15 @@ def write_labelled_shards(
     workers: int = 1,
     samples_per_shard: int = 200,
     val_samples: int = 0,
+    vertices: bool = True,
 ) -> dict:
     """Render `num_samples` train (and `val_samples` validation) crops of `task` ("body" or
     "hand") into `out_dir/{train,val}/labelled-%06d.tar` and return the manifest also written to
     `out_dir/manifest.json`; it names the keypoints, the DensePose parts and, for hands, the
-    gesture classes in `cls` order, so readers never hard-code them."""
+    gesture classes in `cls` order, so readers never hard-code them.
+
+    `vertices=False` stores no mesh vertices: they are most of a sample's bytes (a body's 6890 x 3
+    floats), and modules with a body model recompute them from the stored parameters."""
     if task not in TASKS:
         raise ValueError(f"write_labelled_shards: task={task!r}, expected one of {TASKS}")
     check_at_least(
@@ -218,7 +224,7 @@ def write_labelled_shards(
     )  # fmt: skip
     out = Path(out_dir)
     started = time.perf_counter()
-    job = partial(encode_labelled, seed=seed, task=task, image_size=image_size)
+    job = partial(encode_labelled, seed=seed, task=task, image_size=image_size, vertices=vertices)
     splits = split_indices(num_samples, val_samples)
     shards = write_sample_shards(
         out, splits, job, workers, samples_per_shard, SHARD_PATTERN, desc="labelled", unit="sample"
@@ -232,6 +238,7 @@ def write_labelled_shards(
         "image_size": image_size,
         "samples_per_shard": samples_per_shard,
         "body_model": "smpl" if body else "mano",
+        "vertices": vertices,
         "keypoints": list(JOINT_NAMES if body else HAND_KEYPOINT_NAMES),
         **({"densepose_parts": list(DENSEPOSE_PART_NAMES)} if body else {"classes": list(GESTURE_NAMES)}),
         "splits": manifest_splits(shards, {split: {"samples": len(indices)} for split, indices in splits.items()},
