@@ -37,6 +37,17 @@ def test_pretrain_fit_two_steps_writes_checkpoint_pictures_and_wandb(pair_shards
     assert "crocoman: finished 2 steps" in printed and "last.ckpt" in printed and "W&B run (offline)" in printed
 
 
+def test_fit_without_a_logger_leaves_the_lr_monitor_out(pair_shards, tmp_path, monkeypatch):
+    """The configs' LearningRateMonitor needs a logger; `--trainer.logger=false` must not stop the run."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="no logger, so the config's LearningRateMonitor is left out"):
+        main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
+              "--trainer.max_steps=1", "--trainer.logger=false"])
+    checkpoint = torch.load(tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt", map_location="cpu",
+                            weights_only=True)
+    assert checkpoint["global_step"] == 1
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs/pretrain").glob("*.yaml")))
 def test_every_pretrain_config_runs(config, pair_shards, tmp_path, monkeypatch):
     """Each YAML runs one training and one validation batch on CPU at its own model size."""

@@ -3,16 +3,19 @@
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_modules.loggers import WandbLogger
 
 
 class CrocomanCLI(LightningCLI):
-    """Resuming with ``--ckpt_path`` also continues the checkpoint's W&B run (same run id)."""
+    """Resuming with ``--ckpt_path`` also continues the checkpoint's W&B run (same run id); a run without a
+    logger drops the configs' learning-rate monitor instead of stopping at its first training step."""
 
     def before_fit(self) -> None:
+        self._drop_lr_monitor_without_logger()
         checkpoint = self._resumed_checkpoint()
         if checkpoint is None:
             return
@@ -21,6 +24,16 @@ class CrocomanCLI(LightningCLI):
             if run_id and isinstance(logger, WandbLogger):
                 logger.continue_run(run_id)
                 rank_zero_info(f"W&B: continuing run {run_id} of {checkpoint}")
+
+    def _drop_lr_monitor_without_logger(self) -> None:
+        """``--trainer.logger=false`` leaves the LR nowhere to go, and Lightning's LearningRateMonitor would
+        raise only at the first training step, after model set-up, compilation and sanity validation."""
+        monitors = [callback for callback in self.trainer.callbacks if isinstance(callback, LearningRateMonitor)]
+        if self.trainer.loggers or not monitors:
+            return
+        for monitor in monitors:
+            self.trainer.callbacks.remove(monitor)
+        rank_zero_warn("the run has no logger, so the config's LearningRateMonitor is left out")
 
     def _resumed_checkpoint(self) -> Path | None:
         """The checkpoint file fit will resume from (``last`` resolved as Lightning does), if any."""
