@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL
@@ -84,3 +85,20 @@ def test_compiled_blocks_train_as_eager_ones_on_two_ranks(ddp_shards, tmp_path, 
         assert [s["keys"] for s in compiled] == [s["keys"] for s in eager] and len(eager) == 8
         assert [s["loss"] for s in compiled] == pytest.approx([s["loss"] for s in eager], rel=1e-4)
     assert changes[True] == pytest.approx(changes[False], rel=1e-3) and changes[False] > 0
+
+
+def test_fsdp2_runs_resume_from_their_distributed_checkpoint_and_wandb_run(ddp_shards, tmp_path):
+    """FSDP2 writes `last.ckpt` as a folder (sharded tensors + metadata); `--ckpt_path last` continues from it:
+    step counter and the same W&B run."""
+    wandb_logger = ("--trainer.logger=lightning_modules.loggers.WandbLogger", "--trainer.logger.save_dir=wb")
+    first = run_two_ranks(ddp_shards, "fsdp2.yaml", tmp_path, *wandb_logger)
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt"
+    assert last.is_dir()
+    resumed = run_two_ranks(ddp_shards, "fsdp2.yaml", tmp_path, *wandb_logger, "--trainer.max_steps=12",
+                            "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metadata = torch.load(last / "meta.pt", weights_only=True)
+    assert metadata["global_step"] == 12
+    runs = sorted((tmp_path / "wb/wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and {run.name.split("-")[3] for run in runs} == {metadata["wandb_run_id"]}

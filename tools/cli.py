@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -19,7 +20,7 @@ class CrocomanCLI(LightningCLI):
         checkpoint = self._resumed_checkpoint()
         if checkpoint is None:
             return
-        run_id = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("wandb_run_id")
+        run_id = checkpoint_metadata(checkpoint).get("wandb_run_id")
         for logger in self.trainer.loggers:
             if run_id and isinstance(logger, WandbLogger):
                 logger.continue_run(run_id)
@@ -36,10 +37,18 @@ class CrocomanCLI(LightningCLI):
         rank_zero_warn("the run has no logger, so the config's LearningRateMonitor is left out")
 
     def _resumed_checkpoint(self) -> Path | None:
-        """The checkpoint file fit will resume from (``last`` resolved as Lightning does), if any."""
+        """The checkpoint fit will resume from (``last`` resolved as Lightning does), if any: a file, or a
+        folder for distributed checkpoints."""
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         if ckpt_path == "last":
             candidates = [Path(cb.dirpath, "last.ckpt") for cb in self.trainer.checkpoint_callbacks if cb.dirpath]
-            existing = [path for path in candidates if path.is_file()]
+            existing = [path for path in candidates if path.exists()]
             return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
-        return Path(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+        return Path(ckpt_path) if ckpt_path and Path(ckpt_path).exists() else None
+
+
+def checkpoint_metadata(path: Path) -> dict:
+    """A checkpoint's entries besides the model and optimiser tensors: the file itself, or the metadata
+    file inside a distributed checkpoint (a folder: FSDP2 with ``save_distributed_checkpoint``)."""
+    return torch.load(path / _METADATA_FILENAME if path.is_dir() else path, map_location="cpu", weights_only=True,
+                      mmap=True)
