@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import pickle
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from backbone.croco import CroCoNet
 from heads.completion import CompletionHead
@@ -73,6 +75,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     checkpoint; a namespace only holds values, so this does not open the door to arbitrary pickle.
     """
     path = Path(path)
+    if path.is_dir() and any(path.glob("*.distcp")):
+        return _read_distributed(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.name.endswith(".safetensors"):
@@ -115,6 +119,14 @@ def to_croco_checkpoint(backbone: CroCoNet, head: CompletionHead) -> dict[str, A
                     "mlp_ratio": backbone.enc_blocks[0].mlp.fc1.out_features / backbone.embed_dim,
                     "pos_embed": backbone.pos_embed}
     return {"model": state, "croco_kwargs": croco_kwargs}
+
+
+def _read_distributed(folder: Path) -> dict[str, Any]:
+    """A distributed checkpoint (the folder FSDP2 runs write as ``last.ckpt``), gathered into full tensors in
+    this process: ``torch.distributed.checkpoint`` converts it to one plain file, read as any other."""
+    with tempfile.TemporaryDirectory() as scratch:
+        dcp_to_torch_save(folder, Path(scratch, "full.pt"))
+        return torch.load(Path(scratch, "full.pt"), map_location="cpu", weights_only=True)
 
 
 def _read(path_or_state: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from backbone import CroCoNet
+from backbone.weights import load_encoder
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL
 from tools.synth import write_pair_shards
@@ -102,3 +104,10 @@ def test_fsdp2_runs_resume_from_their_distributed_checkpoint_and_wandb_run(ddp_s
     assert metadata["global_step"] == 12
     runs = sorted((tmp_path / "wb/wandb").glob("offline-run-*"))
     assert len(runs) == 2 and {run.name.split("-")[3] for run in runs} == {metadata["wandb_run_id"]}
+    # Fine-tuning starts from the folder as from a file (`pretrained: .../last.ckpt`): full, trained tensors.
+    backbone = CroCoNet(img_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                        decoder_num_heads=2)
+    initial = backbone.enc_blocks[0].attn.qkv.weight.detach().clone()
+    report = load_encoder(last, backbone)
+    assert report.matched and not report.missing and not report.shape_mismatched
+    assert not torch.equal(backbone.enc_blocks[0].attn.qkv.weight, initial)
