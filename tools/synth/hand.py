@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from heads.body_model import MANO_JOINT_NAMES
-from tools.synth.render import Capsules, Checker, Ellipsoids, Scene, render
+from tools.synth.render import Capsules, Checker, Ellipsoids, Scene
 from tools.synth.skeleton import (
     axis_angle_to_matrix,
     camera_parameters,
@@ -23,10 +23,9 @@ from tools.synth.skeleton import (
 from tools.synth.world import (
     Frame,
     Group,
-    crop_intrinsics,
+    film,
     group_rng,
     look_at,
-    mask_bbox,
     sample_environment,
     skin_clothing,
 )
@@ -241,26 +240,8 @@ def _posed_hand(shape: HandShape, pose: torch.Tensor, clothing: Checker, environ
 def _hand_frame(hand: _PosedHand, shape: HandShape, R: torch.Tensor, t: torch.Tensor, image_size: int,
                 rng: np.random.Generator, camera: int = 0, time: int = 0) -> Frame:
     """Render one view of a posed hand, cropped around it, with its labels in that camera."""
-    capsules, ellipsoids = hand.scene.capsules, hand.scene.ellipsoids
-    points_m = torch.cat([capsules.start_m, capsules.end_m, ellipsoids.center_m])
-    radii_m = torch.cat([capsules.radius_m, capsules.radius_m, ellipsoids.radii_m.amax(1)])
-    K = crop_intrinsics(points_m @ R.T + t, radii_m, image_size, rng)
-    rendering = render(hand.scene, K, R, t, image_size)
-    keypoints_cam_m = hand.keypoints_m @ R.T + t
-    projected = keypoints_cam_m @ K.T
-    return Frame(
-        camera=camera,
-        time=time,
-        K=K,
-        R=R,
-        t=t,
-        joints_2d_px=projected[:, :2] / projected[:, 2:],
-        joints_3d_m=keypoints_cam_m,
-        bbox_px=mask_bbox(rendering.mask),
-        rendering=rendering,
-        body=camera_parameters(hand.pose, hand.rotations[0], hand.keypoints_m[0], shape.betas(), R, t),
-        scene=hand.scene,
-    )
+    body = camera_parameters(hand.pose, hand.rotations[0], hand.keypoints_m[0], shape.betas(), R, t)
+    return film(hand.scene, R, t, hand.keypoints_m, body, image_size, rng, camera, time)
 
 
 def render_hand(seed: int, index: int, image_size: int) -> HandSample:

@@ -272,6 +272,22 @@ def mask_bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
 
 
+def film(scene: Scene, R: torch.Tensor, t: torch.Tensor, joints_m: torch.Tensor, body: BodyModelParameters,
+         image_size: int, rng: np.random.Generator, camera: int = 0, time: int = 0) -> Frame:
+    """One camera's view of a posed scene: a crop framing its primitives, the rendering, and the world
+    joints ``joints_m`` (J, 3) in that camera and crop; ``body`` is the model parameters in that camera."""
+    capsules, ellipsoids = scene.capsules, scene.ellipsoids
+    points_m = torch.cat([capsules.start_m, capsules.end_m, ellipsoids.center_m])
+    radii_m = torch.cat([capsules.radius_m, capsules.radius_m, ellipsoids.radii_m.amax(1)])
+    K = crop_intrinsics(points_m @ R.T + t, radii_m, image_size, rng)
+    rendering = render(scene, K, R, t, image_size)
+    joints_cam_m = joints_m @ R.T + t
+    projected = joints_cam_m @ K.T
+    return Frame(camera=camera, time=time, K=K, R=R, t=t, joints_2d_px=projected[:, :2] / projected[:, 2:],
+                 joints_3d_m=joints_cam_m, bbox_px=mask_bbox(rendering.mask), rendering=rendering, body=body,
+                 scene=scene)
+
+
 def group_rng(seed: int, index: int) -> np.random.Generator:
     """A group's random stream depends only on (seed, index): any split of the work over
     processes produces the same data."""
@@ -291,26 +307,7 @@ def render_group(seed: int, index: int, image_size: int, cameras: int, times: in
     for time in range(times):
         capsules, ellipsoids = body_primitives(person.shape, joints_m[time], rotations[time])
         scene = Scene(capsules=capsules, ellipsoids=ellipsoids, clothing=person.clothing, **environment)
-        points_m = torch.cat([capsules.start_m, capsules.end_m, ellipsoids.center_m])
-        radii_m = torch.cat([capsules.radius_m, capsules.radius_m, ellipsoids.radii_m.amax(1)])
         for camera, (R, t) in enumerate(rig):
-            K = crop_intrinsics(points_m @ R.T + t, radii_m, image_size, rng)
-            rendering = render(scene, K, R, t, image_size)
-            joints_cam_m = joints_m[time] @ R.T + t
-            projected = joints_cam_m @ K.T
-            frames.append(
-                Frame(
-                    camera=camera,
-                    time=time,
-                    K=K,
-                    R=R,
-                    t=t,
-                    joints_2d_px=projected[:, :2] / projected[:, 2:],
-                    joints_3d_m=joints_cam_m,
-                    bbox_px=mask_bbox(rendering.mask),
-                    rendering=rendering,
-                    body=camera_parameters(pose[time], rotations[time, 0], joints_m[time, 0], betas, R, t),
-                    scene=scene,
-                )
-            )
+            body = camera_parameters(pose[time], rotations[time, 0], joints_m[time, 0], betas, R, t)
+            frames.append(film(scene, R, t, joints_m[time], body, image_size, rng, camera, time))
     return Group(subject=person.subject, frames=frames)
