@@ -35,7 +35,10 @@ def run_two_ranks(shards: Path, snippet: str, workdir: Path, *extra: str) -> sub
         "--trainer.devices=2", "--trainer.precision=32-true", "--trainer.max_steps=8",
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=logs", *extra,
     ]
-    env = {**os.environ, "CROCOMAN_RECORD_DIR": str(workdir), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    # As a fresh cluster job: not attached to the W&B service an earlier test started in this process
+    # (wandb hands it to child processes through WANDB_SERVICE), which would keep a finished run "in use".
+    inherited = {name: value for name, value in os.environ.items() if name != "WANDB_SERVICE"}
+    env = {**inherited, "CROCOMAN_RECORD_DIR": str(workdir), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
     return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
