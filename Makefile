@@ -41,7 +41,7 @@ $(PRETRAINED): | $(INSTALLED) $(SYNTH)/manifest.json
 	$(CROCOMAN) fit -c configs/pretrain/cpu_demo.yaml
 
 $(BODIES)/manifest.json: | $(INSTALLED)
-	$(BIN)/crocoman-data labelled --task body --out $(BODIES) --samples 2000 --val-samples 200 --size 128 --workers 2 --no-vertices
+	$(BIN)/crocoman-data labelled --task body --out $(BODIES) --samples 20000 --val-samples 500 --size 128 --workers 2 --no-vertices
 
 $(HANDS)/manifest.json: | $(INSTALLED)
 	$(BIN)/crocoman-data labelled --task hand --out $(HANDS) --samples 8000 --val-samples 400 --size 128 --workers 2
@@ -56,7 +56,7 @@ define validate_then_fit
 endef
 
 finetune: $(PRETRAINED) $(BODIES)/manifest.json $(BODY_MODELS)/smpl/SMPL_NEUTRAL.pkl
-	$(call validate_then_fit,configs/finetune/body_mesh_smpl_cpu.yaml)
+	$(call validate_then_fit,configs/finetune/body_mesh_joint_maps_cpu.yaml)
 
 finetune-hand: $(PRETRAINED) $(HANDS)/manifest.json $(BODY_MODELS)/smpl/SMPL_NEUTRAL.pkl
 	$(call validate_then_fit,configs/finetune/hand_mesh_mano_cpu.yaml)

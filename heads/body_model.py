@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import smplx
 import torch
+import torch.nn.functional as F
 from smplx.joint_names import JOINT_NAMES
 from smplx.utils import Struct
 from torch import Tensor, nn
@@ -41,6 +42,34 @@ JOINT_NAMES_OF = {
 }
 _WHERE = {"smpl": "https://smpl.is.tue.mpg.de", "smplx": "https://smpl-x.is.tue.mpg.de",
           "mano": "https://mano.is.tue.mpg.de"}
+
+
+def rotation_between(source: Tensor, target: Tensor) -> Tensor:
+    """(..., 3) unit vectors -> (..., 3, 3) the smallest rotation taking ``source`` to ``target``
+    (Rodrigues about their cross product); for opposite vectors, a half turn about an axis
+    perpendicular to ``source``."""
+    cross = torch.linalg.cross(source, target, dim=-1)
+    cos = (source * target).sum(-1)[..., None, None]
+    x, y, z = cross.unbind(-1)
+    zeros = torch.zeros_like(x)
+    skew = torch.stack((zeros, -z, y, z, zeros, -x, -y, x, zeros), dim=-1).unflatten(-1, (3, 3))
+    eye = torch.eye(3, dtype=source.dtype, device=source.device).expand_as(skew)
+    opposite = cos < -1 + 1e-6
+    rotation = eye + skew + skew @ skew / (1 + cos).where(~opposite, torch.ones_like(cos))
+    helper = torch.eye(3, dtype=source.dtype, device=source.device)[source.abs().argmin(-1)]
+    axis = F.normalize(torch.linalg.cross(source, helper, dim=-1), dim=-1)
+    half_turn = 2 * axis[..., :, None] * axis[..., None, :] - eye
+    return rotation.where(~opposite, half_turn)
+
+
+def rotation_fitting(source: Tensor, target: Tensor) -> Tensor:
+    """(B, K, 3), (B, K, 3) with K >= 2 -> (B, 3, 3) the rotation best taking the ``source``
+    directions onto the ``target`` ones (Kabsch, no reflection)."""
+    u, _, vt = torch.linalg.svd(source.mT @ target)
+    sign = torch.sign(torch.linalg.det(vt.mT @ u.mT))
+    correction = torch.ones_like(u[..., 0])
+    correction[..., -1] = sign
+    return vt.mT @ torch.diag_embed(correction) @ u.mT
 
 
 def model_file(model_type: str, model_path: str | Path, gender: str = "neutral") -> Path:
@@ -151,6 +180,56 @@ class BodyModel(nn.Module):
             output = self.layer(global_orient=global_orient.to(dtype), betas=betas.to(dtype),
                                 **{self.pose_name: pose.to(dtype)})
         return output.vertices, output.joints
+
+    def rest_joints(self, betas: Tensor | None = None) -> Tensor:
+        """(J, 3) skeleton joints at rest with zero betas, or (B, J, 3) for ``betas`` (B, num_betas)."""
+        layer = self.layer
+        if betas is None:
+            return layer.J_regressor @ layer.v_template
+        shaped = layer.v_template + torch.einsum("bl,mkl->bmk", betas.to(layer.shapedirs.dtype),
+                                                 layer.shapedirs[..., :self.num_betas])
+        return layer.J_regressor @ shaped
+
+    @torch.no_grad()
+    def inverse_kinematics(self, joints: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, P + 1, 3) skeleton joint positions (smplx order, any frame and scale) -> ``forward``'s
+        ``global_orient`` (B, 1, 3, 3) and ``pose`` (B, P, 3, 3) that point every bone of the rest
+        skeleton (zero betas) along the given one: analytic swing (HybrIK's), without twist.
+
+        Each joint's rotation, in the global frame, takes its rest bone to the target bone; a joint
+        with several children (pelvis, upper spine) takes the best fit to all of them (Kabsch),
+        end joints keep their parent's. Positions only fix swings: the twist about each bone is
+        left at rest, which moves the surface, not the joints.
+        """
+        count = self.num_pose_joints + 1
+        if joints.shape[1:] != (count, 3):
+            raise ValueError(f"{self.model_type} inverse kinematics takes (B, {count}, 3) joints, "
+                             f"got {tuple(joints.shape)}")
+        with torch.autocast(joints.device.type, enabled=False):  # SVD and determinants: no bf16 kernels
+            return self._inverse_kinematics(joints.to(self.layer.v_template.dtype))
+
+    def _inverse_kinematics(self, joints: Tensor) -> tuple[Tensor, Tensor]:
+        count = self.num_pose_joints + 1
+        parents = self.layer.parents[:count].tolist()
+        rest = self.rest_joints()[:count]
+        eye = torch.eye(3, dtype=joints.dtype, device=joints.device).expand(len(joints), 3, 3)
+        rotations: list[Tensor] = []
+        for joint, parent in enumerate(parents):
+            parent_rotation = eye if parent < 0 else rotations[parent]
+            children = [child for child in range(count) if parents[child] == joint]
+            if not children:
+                rotations.append(parent_rotation)
+                continue
+            source = F.normalize(rest[children] - rest[joint], dim=-1).expand(len(joints), -1, -1)
+            target = F.normalize(joints[:, children] - joints[:, joint:joint + 1], dim=-1)
+            if len(children) == 1:
+                swung = (parent_rotation @ source[:, 0, :, None])[..., 0]
+                rotations.append(rotation_between(swung, target[:, 0]) @ parent_rotation)
+            else:
+                rotations.append(rotation_fitting(source, target))
+        rotations = torch.stack(rotations, dim=1)
+        local = torch.cat((rotations[:, :1], rotations[:, parents[1:]].mT @ rotations[:, 1:]), dim=1)
+        return local[:, :1], local[:, 1:]
 
     def from_axis_angle(self, global_orient: Tensor, pose: Tensor, betas: Tensor) -> tuple[Tensor, Tensor]:
         """Labels as stored in shards: (B, 3), (B, 3P) axis-angle and (B, num_betas) -> ``forward``.

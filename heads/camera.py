@@ -33,3 +33,18 @@ def weak_perspective_to_translation(camera: Tensor, focal_px: float | Tensor, im
     image_size = torch.as_tensor(image_size, dtype=camera.dtype, device=camera.device).reshape(-1, 1)
     depth_m = 2 * focal_px / (image_size * scale.clamp_min(_MIN_SCALE))
     return torch.cat((offset, depth_m), dim=1)
+
+
+def fit_weak_perspective(points: Tensor, keypoints_px: Tensor, K: Tensor, image_size: float) -> Tensor:
+    """The weak-perspective ``(s, tx, ty)`` (B, 3) that best lays ``points`` (B, J, 3), in the output
+    frame, onto ``keypoints_px`` (B, J, 2) of a crop of side ``image_size`` px seen through ``K``:
+    least squares on ``s * (X + t) = 2 (px - principal point) / image_size``, for heads that
+    predict where the joints are instead of a camera."""
+    normalised = 2 * (keypoints_px - K[:, None, :2, 2]) / image_size
+    xy = points[..., :2]
+    xy_mean, uv_mean = xy.mean(1, keepdim=True), normalised.mean(1, keepdim=True)
+    centred = xy - xy_mean
+    scale = (centred * (normalised - uv_mean)).sum((1, 2)) / centred.pow(2).sum((1, 2)).clamp_min(1e-12)
+    scale = scale.clamp_min(_MIN_SCALE)[:, None]
+    offset = uv_mean[:, 0] / scale - xy_mean[:, 0]
+    return torch.cat((scale, offset), dim=1)

@@ -111,16 +111,25 @@ class DenseHead(Head):
         self.fusion = nn.ModuleList(FusionBlock(self.features) for _ in range(4))
         self.neck = nn.Conv2d(self.features, self.features // 2, 3, padding=1)
         self.output = nn.Sequential(nn.Conv2d(self.features // 2, self.hidden, 3, padding=1), nn.ReLU(),
-                                    nn.Conv2d(self.hidden, 1 + 3 * NUM_PARTS, 1))
+                                    nn.Conv2d(self.hidden, self.output_channels, 1))
 
-    def forward(self, features: list[Tensor], grid: tuple[int, int]) -> dict[str, Tensor]:
-        """``features``: the backbone's (B, rows*cols, D) tokens at ``self.layers``; ``grid``: (rows, cols)."""
+    @property
+    def output_channels(self) -> int:
+        return 1 + 3 * NUM_PARTS
+
+    def fuse(self, features: list[Tensor], grid: tuple[int, int]) -> Tensor:
+        """``features``: the backbone's (B, rows*cols, D) tokens at ``self.layers``; ``grid``: (rows, cols)
+        -> (B, features // 2, 4 rows, 4 cols): the fused map at the finest stride (patch / 4)."""
         maps = [layer(tokens.transpose(1, 2).unflatten(2, grid))
                 for layer, tokens in zip(self.reassemble, features, strict=True)]
         path = None
         for fuse, level_map in zip(reversed(self.fusion), reversed(maps)):
             path = fuse(level_map, path)
+        return self.neck(path)
+
+    def forward(self, features: list[Tensor], grid: tuple[int, int]) -> dict[str, Tensor]:
+        """``features``: the backbone's (B, rows*cols, D) tokens at ``self.layers``; ``grid``: (rows, cols)."""
         size = (grid[0] * self.patch_size, grid[1] * self.patch_size)
-        x = F.interpolate(self.neck(path), size=size, mode="bilinear", align_corners=True)
+        x = F.interpolate(self.fuse(features, grid), size=size, mode="bilinear", align_corners=True)
         part_logits, u, v = self.output(x).split([1 + NUM_PARTS, NUM_PARTS, NUM_PARTS], dim=1)
         return {"part_logits": part_logits, "u": torch.sigmoid(u), "v": torch.sigmoid(v)}

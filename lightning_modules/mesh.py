@@ -1,20 +1,25 @@
 """Body and hand mesh recovery, model-based (SMPL / SMPL-X / MANO through smplx) or model-free.
 
 The head decides which: ``heads.ParametricHead`` regresses body-model parameters, which the
-module's ``body_model`` turns into vertices and joints; ``heads.VertexHead`` regresses the vertices
-itself. Everything after that (camera, losses, metrics, pictures, predictions) is shared, so
+module's ``body_model`` turns into vertices and joints; ``heads.JointMapHead`` regresses joints,
+which the body model's inverse kinematics turns into parameters; ``heads.VertexHead`` regresses
+the vertices itself. Everything after that (camera, losses, metrics, pictures, predictions) is shared, so
 bodies and hands, parametric or not, differ only in YAML.
 """
 
 from functools import cached_property
 
+import torch
 from lightning import LightningDataModule
 from torch import Tensor
 from torchmetrics import MetricCollection
 from torchvision.utils import make_grid
 
-from heads.body_model import BodyModel
-from heads.camera import weak_perspective_to_translation
+from heads.body_model import BodyModel, rotation_fitting
+from heads.camera import fit_weak_perspective, weak_perspective_to_translation
+from heads.dense import DenseHead
+from heads.joint_maps import JointMapHead
+from heads.parametric import UPRIGHT
 from heads.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from lightning_modules.finetune import FinetuneTask
 from lightning_modules.mesh_losses import (
@@ -77,6 +82,10 @@ class MeshRecoveryModule(FinetuneTask):
         super().__init__(*args, **kwargs)
         self.body_model = body_model
         self.label_names: tuple[str, ...] | None = None
+        if isinstance(self.head, JointMapHead) and body_model is not None:
+            rest = body_model.rest_joints()[:self.head.num_joints]
+            rest = rest - rest[:1]
+            self.head.mean_joints.copy_(torch.cat((rest, rest @ UPRIGHT.T), dim=1))
 
     def configure_from_data(self, datamodule: LightningDataModule | None) -> None:
         self.label_names = getattr(datamodule, "keypoint_names", None)
@@ -127,8 +136,12 @@ class MeshRecoveryModule(FinetuneTask):
     def forward(self, images: Tensor, K: Tensor) -> dict[str, Tensor]:
         """Head outputs plus ``vertices``, ``joints`` (model frame), ``translation`` (B, 3) into the
         camera and the projected ``keypoints_2d`` (B, J, 2) in pixels of the input."""
-        tokens, positions = self.backbone.encode(images)
-        out = dict(self.head(tokens, positions))
+        if isinstance(self.head, DenseHead):
+            out = dict(self.head(self.backbone.features(images, self.head.layers), self.backbone.image_grid(images)))
+        else:
+            out = dict(self.head(*self.backbone.encode(images)))
+        if "joints_body" in out:
+            out |= self.mesh_from_joints(out, K, images.shape[-1])
         if "vertices" not in out:
             if self.body_model is None:
                 raise ValueError(f"{type(self.head).__name__} regresses body-model parameters: give the module a "
@@ -137,6 +150,60 @@ class MeshRecoveryModule(FinetuneTask):
         out["translation"] = weak_perspective_to_translation(out["camera"], K[:, 0, 0], images.shape[-1])
         out["keypoints_2d"] = project(out["joints"] + out["translation"][:, None], K)
         return out
+
+    def mesh_from_joints(self, out: dict[str, Tensor], K: Tensor, image_size: int) -> dict[str, Tensor]:
+        """Body-model parameters, mesh and camera for a head that predicts joints (``JointMapHead``):
+        the pose by the body model's inverse kinematics on the body-frame joints (mean shape), the
+        global orientation turned by the rotation that best lays them onto the camera-frame joints,
+        the camera that lays the posed joints onto the predicted 2D ones. Nothing here has a
+        gradient: the maps learn from their own terms (``joint_map_losses``)."""
+        if self.body_model is None:
+            raise ValueError(f"{type(self.head).__name__} regresses joints: give the module a body_model "
+                             f"(heads.BodyModel) to pose a mesh on them")
+        with torch.no_grad(), torch.autocast(K.device.type, enabled=False):  # SVDs: float32
+            body, camera_frame = out["joints_body"].float(), out["joints_camera"].float()
+            global_orient, pose = self.body_model.inverse_kinematics(body)
+            heading = rotation_fitting(body - body[:, :1], camera_frame - camera_frame[:, :1])
+            global_orient = heading[:, None] @ global_orient
+            betas = global_orient.new_zeros(len(global_orient), self.body_model.num_betas)
+            vertices, joints = self.body_model(global_orient, pose, betas)
+            camera = fit_weak_perspective(joints[:, :body.shape[1]], out["keypoints_px"].float(), K.float(), image_size)
+        return {"global_orient": global_orient, "pose": pose, "betas": betas, "vertices": vertices,
+                "joints": joints, "camera": camera}
+
+    def skeleton_labels(self, batch: dict, count: int) -> tuple[Tensor, Tensor]:
+        """The labelled 2D (B, count, 3) and 3D (B, count, 4) keypoints of the model's first ``count``
+        joints (its skeleton), in its order; skeleton joints without a label get confidence 0."""
+        labels, joints = self.joint_pairs or (list(range(count)), list(range(count)))
+        kept = [(label, joint) for label, joint in zip(labels, joints) if joint < count]
+        labels, joints = [label for label, _ in kept], [joint for _, joint in kept]
+        keypoints_2d = batch["keypoints_2d"].new_zeros(len(batch["image"]), count, 3)
+        keypoints_3d = batch["keypoints_3d"].new_zeros(len(batch["image"]), count, 4)
+        keypoints_2d[:, joints] = batch["keypoints_2d"][:, labels]
+        keypoints_3d[:, joints] = batch["keypoints_3d"][:, labels]
+        return keypoints_2d, keypoints_3d
+
+    def joint_map_losses(self, out: dict[str, Tensor], batch: dict) -> dict[str, Tensor]:
+        """A joint-map head's terms: heatmaps towards the labelled 2D keypoints (``keypoints_2d``
+        weight) and location maps towards the root-relative 3D joints (``keypoints_3d`` weight) in
+        the camera's frame and, for samples with parameters, in the body's (the labelled global
+        orientation undone), each over the joints labelled with confidence."""
+        hp, has = self.hparams, batch["has"]
+        keypoints_2d, keypoints_3d = self.skeleton_labels(batch, out["joints_body"].shape[1])
+        root = self.root_indices()[1]
+        camera_frame = keypoints_3d[..., :3] - keypoints_3d[:, root:root + 1, :3]
+        body = camera_frame @ axis_angle_to_matrix(batch["global_orient"]).to(camera_frame.dtype)
+        heatmaps, squared = self.head.losses(out, keypoints_2d[..., :2], torch.cat((body, camera_frame), dim=-1))
+        seen_2d, seen_3d = keypoints_2d[..., 2], keypoints_3d[..., 3] * keypoints_3d[:, root:root + 1, 3]
+
+        def per_sample(term: Tensor, confidence: Tensor) -> Tensor:
+            return (term * confidence).sum(1) / confidence.sum(1).clamp_min(1e-6)
+
+        locations = (masked_mean(per_sample(squared[..., 0], seen_3d), has["keypoints_3d"] & has["params"])
+                     + masked_mean(per_sample(squared[..., 1], seen_3d), has["keypoints_3d"]))
+        return {"keypoints_2d": hp.keypoints_2d_weight * masked_mean(per_sample(heatmaps, seen_2d),
+                                                                     has["keypoints_2d"]),
+                "keypoints_3d": hp.keypoints_3d_weight * locations}
 
     def targets(self, batch: dict) -> tuple[Tensor | None, Tensor | None]:
         """Root-relative target vertices in the prediction's topology and which samples have them.
@@ -165,6 +232,8 @@ class MeshRecoveryModule(FinetuneTask):
                targets: tuple[Tensor | None, Tensor | None]) -> dict[str, Tensor]:
         """Loss terms; ``targets`` is ``self.targets(batch)``, computed once per batch by the caller
         (evaluation scores the same target vertices)."""
+        if "joints_body" in out:
+            return self.joint_map_losses(out, batch)
         hp, has = self.hparams, batch["has"]
         pred_joints, pred_vertices = out["joints"], out["vertices"]
         if hp.body_frame_3d and "global_orient" in out:

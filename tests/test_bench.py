@@ -30,7 +30,8 @@ TINY_FINETUNE = {**{f"model.init_args.backbone.init_args.{key}": value for key, 
                  "data.init_args.batch_size": 2}
 TINY_MESH_HEAD = {"dim": 32, "depth": 1, "num_heads": 2}
 TINY_HEADS = {"gesture": {}, "body_mesh_smpl": TINY_MESH_HEAD, "body_mesh_model_free": TINY_MESH_HEAD,
-              "hand_mesh_mano": TINY_MESH_HEAD, "densepose": {"features": 16}}
+              "body_mesh_joint_maps": {"features": 16, "hidden": 8}, "hand_mesh_mano": TINY_MESH_HEAD,
+              "densepose": {"features": 16}}
 
 
 @pytest.fixture(scope="module")

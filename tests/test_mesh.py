@@ -16,6 +16,7 @@ from datamodules import MeshDataModule
 from datamodules.hmr_tars import HMR_BODY_KEYPOINTS
 from datamodules.mirror import SMPL_JOINT_NAMES
 from heads.body_model import BodyModel
+from heads.joint_maps import JointMapHead
 from heads.parametric import ParametricHead
 from heads.rotations import axis_angle_to_matrix
 from lightning_modules import MeshRecoveryModule
@@ -63,9 +64,11 @@ def test_pose_prior_is_zero_at_rest_and_grows_with_rotation():
 
 
 CONFIGS = [f"{task}{scale}.yaml" for task in ("body_mesh_smpl", "body_mesh_smplx", "body_mesh_model_free",
-                                              "hand_mesh_mano", "hand_mesh_model_free") for scale in ("", "_cpu")]
+                                              "body_mesh_joint_maps", "hand_mesh_mano", "hand_mesh_model_free")
+           for scale in ("", "_cpu")]
 TINY_HEAD = ["--model.init_args.head.init_args.dim=32", "--model.init_args.head.init_args.depth=1",
              "--model.init_args.head.init_args.num_heads=2"]
+TINY_MAPS = ["--model.init_args.head.init_args.features=16", "--model.init_args.head.init_args.hidden=8"]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,8 @@ def config_arguments(config: str, shards: dict[str, Path], models: Path) -> list
     models_of = ["--model.init_args.body_model.init_args.model_path=" + str(models)]
     if "heads.VertexHead" in text:
         models_of.append("--model.init_args.head.init_args.model_path=" + str(models))
-    return ["-c", str(REPO / "configs/finetune" / config), *TINY_MODEL, *TINY_HEAD, *data_args(shards[task], 32),
+    head = TINY_MAPS if "heads.JointMapHead" in text else TINY_HEAD
+    return ["-c", str(REPO / "configs/finetune" / config), *TINY_MODEL, *head, *data_args(shards[task], 32),
             *models_of, "--model.init_args.pretrained=null", *ON_CPU]
 
 
@@ -108,17 +112,19 @@ def test_every_mesh_config_runs_two_steps_through_the_cli(config, mesh_shards, b
     assert [p.name for p in (run / "pictures").glob("val_meshes_*.png")] == ["val_meshes_step0000002.png"]
 
 
-def test_predict_writes_a_mesh_overlay_and_parameters_per_image(mesh_shards, body_model_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("config", ["body_mesh_smpl_cpu.yaml", "body_mesh_joint_maps_cpu.yaml"])
+def test_predict_writes_a_mesh_overlay_and_parameters_per_image(mesh_shards, body_model_root, tmp_path, monkeypatch,
+                                                                config):
     """`crocoman predict` on a folder of plain images with the fine-tuned checkpoint and the run's config."""
     monkeypatch.chdir(tmp_path)
-    arguments = config_arguments("body_mesh_smpl_cpu.yaml", mesh_shards, body_model_root)
+    arguments = config_arguments(config, mesh_shards, body_model_root)
     main(["fit", *arguments, "--trainer.max_steps=1"])
     images = tmp_path / "photos"
     images.mkdir()
     for name, size in ("tall", (40, 64)), ("wide", (80, 50)):
         Image.new("RGB", size, (120, 90, 60)).save(images / f"{name}.jpg")
     out = tmp_path / "predictions"
-    main(["predict", *arguments, "--ckpt_path=runs/body_mesh_smpl_cpu/checkpoints/last.ckpt",
+    main(["predict", *arguments, f"--ckpt_path=runs/{config.removesuffix('.yaml')}/checkpoints/last.ckpt",
           "--data=datamodules.ImageFolderDataModule", f"--data.paths={images}", "--data.image_size=32",
           "--data.num_workers=0", "--trainer.callbacks+=lightning_modules.predictions.MeshPredictionWriter",
           f"--trainer.callbacks.output_dir={out}"])
@@ -131,18 +137,21 @@ def test_predict_writes_a_mesh_overlay_and_parameters_per_image(mesh_shards, bod
         assert len(record["betas"]) == 10 and len(record["keypoints_2d"]) == 45
 
 
-def test_fine_tuning_lowers_pa_mpjpe_on_synthetic_bodies(mesh_shards, body_model_root, tmp_path):
+@pytest.mark.parametrize(("head", "steps", "weights"), [
+    (lambda: ParametricHead("smpl", dim=64, depth=1, num_heads=2), 100, {}),
+    (lambda: JointMapHead("smpl", features=32, hidden=32), 200, {"keypoints_2d_weight": 0.1}),  # as its YAMLs
+], ids=["parametric", "joint_maps"])
+def test_fine_tuning_lowers_pa_mpjpe_on_synthetic_bodies(mesh_shards, body_model_root, tmp_path, head, steps, weights):
     """A few dozen steps on eight synthetic people take PA-MPJPE on them far below its value at initialisation."""
     seed_everything(0)
     backbone = CroCoNet(img_size=64, embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
                         decoder_num_heads=2)
-    module = MeshRecoveryModule(backbone, ParametricHead("smpl", dim=64, depth=1, num_heads=2),
-                                body_model=BodyModel("smpl", str(body_model_root)), lr=0.05, weight_decay=0.0,
-                                warmup_steps=5)
+    module = MeshRecoveryModule(backbone, head(), body_model=BodyModel("smpl", str(body_model_root)), lr=0.05,
+                                weight_decay=0.0, warmup_steps=5, **weights)
     train = str(mesh_shards["body"] / "train")
     data = MeshDataModule(train, val_shards=train, batch_size=8, num_workers=0, image_size=64, epoch_samples=8,
                           shuffle_buffer=8, augment=False)
-    trainer = Trainer(accelerator="cpu", max_steps=100, logger=False, enable_checkpointing=False,
+    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
                       check_val_every_n_epoch=1000)
     before = trainer.validate(module, datamodule=data, verbose=False)[0]

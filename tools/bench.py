@@ -13,13 +13,13 @@ machines and commits compare like with like:
 3. ``data_pipeline``: decoded and augmented pairs per second per loader worker through
    ``datamodules.PairDataModule`` at 224 px and at the demo's 128 px, and how many workers keep
    the model of case 1 / 2 fed.
-4. ``finetune_train``: each fine-tuning module (gesture, SMPL body mesh, model-free body mesh,
-   MANO hand mesh, DensePose) built from the ``model`` section of its ``configs/finetune/*_cpu.yaml``
-   (on CUDA: the GPU config of the same name without ``_cpu``, bf16 there) and trained by a
-   Lightning ``Trainer`` with the config's precision and gradient clipping on one synthetic batch
-   of the module's batch contract, at the config's batch and image size: samples per second and
-   peak memory. Layout: ``settings.modules.<name>`` (config, overrides, sizes, parameter counts)
-   and ``results.<name>`` (``samples_per_s``, ``step_time_s``, ``first_step_s``,
+4. ``finetune_train``: each fine-tuning module (gesture, SMPL body mesh, SMPL from joint maps,
+   model-free body mesh, MANO hand mesh, DensePose) built from the ``model`` section of its
+   ``configs/finetune/*_cpu.yaml`` (on CUDA: the GPU config of the same name without ``_cpu``, bf16
+   there) and trained by a Lightning ``Trainer`` with the config's precision and gradient
+   clipping on one synthetic batch of the module's batch contract, at the config's batch and
+   image size: samples per second and peak memory. Layout: ``settings.modules.<name>`` (config,
+   overrides, sizes, parameter counts) and ``results.<name>`` (``samples_per_s``, ``step_time_s``, ``first_step_s``,
    ``peak_memory_mib``, ``memory_measure``).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak resident set of the
@@ -524,6 +524,7 @@ class FinetuneCase:
 FINETUNE_CASES = (
     FinetuneCase("gesture", "gesture_cpu.yaml", "gesture.yaml", gesture_batch, GESTURE_NAMES),
     FinetuneCase("body_mesh_smpl", "body_mesh_smpl_cpu.yaml", "body_mesh_smpl.yaml", mesh_batch),
+    FinetuneCase("body_mesh_joint_maps", "body_mesh_joint_maps_cpu.yaml", "body_mesh_joint_maps.yaml", mesh_batch),
     FinetuneCase("body_mesh_model_free", "body_mesh_model_free_cpu.yaml", "body_mesh_model_free.yaml", mesh_batch),
     FinetuneCase("hand_mesh_mano", "hand_mesh_mano_cpu.yaml", "hand_mesh_mano.yaml", mesh_batch),
     FinetuneCase("densepose", "densepose_cpu.yaml", "densepose.yaml", densepose_batch),
