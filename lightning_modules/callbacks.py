@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import callbacks
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -40,7 +40,7 @@ class RunSummary(Callback):
             lines.append(f"  {self.monitor}: {start:.4f} at step {self.history[0][0]} -> {end:.4f} "
                          f"(mean of the last {len(tail)} logged), {100 * (1 - end / start):.0f}% lower")
         for callback in trainer.callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            if isinstance(callback, callbacks.ModelCheckpoint) and callback.dirpath:
                 last = Path(callback.dirpath, "last.ckpt")
                 lines.append(f"  checkpoints: {callback.dirpath}" + (f" (last: {last})" if last.exists() else ""))
                 if callback.best_model_path:
@@ -58,6 +58,31 @@ class RunSummary(Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         print("\n".join(self.summary(trainer)), flush=True)
+
+
+class ModelCheckpoint(callbacks.ModelCheckpoint):
+    """Lightning's, except that ``last.ckpt`` follows every save point, not only those where the
+    monitored metric made the top k.
+
+    Lightning 2.6 writes ``last.ckpt`` only together with a top-k checkpoint, so a run whose last
+    validations did not improve kept an older one: a 1500-step fine-tuning left it at step 1250,
+    the final weights were lost and ``--ckpt_path last`` resumed 250 steps back.
+    """
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: Trainer) -> None:
+        # Skipped exactly when something was saved at this step (Lightning then saved last too).
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class SkippedSamples(Callback):

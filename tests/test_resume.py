@@ -1,4 +1,5 @@
-"""A killed run continues with `--ckpt_path last`, and a crash during a save never corrupts it."""
+"""A killed run continues with `--ckpt_path last`, a crash during a save never corrupts it, and last.ckpt
+is the run's end even when its last validations did not improve."""
 
 import csv
 import json
@@ -12,8 +13,11 @@ import fsspec.implementations.local
 import pytest
 import torch
 import yaml
+from lightning import LightningModule, Trainer
 from lightning.fabric.utilities.cloud_io import _atomic_save
+from torch.utils.data import DataLoader
 
+from lightning_modules.callbacks import ModelCheckpoint
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL, data_args
 
@@ -122,3 +126,38 @@ def test_resuming_continues_the_wandb_run(pair_shards, tmp_path, monkeypatch):
     assert run_ids[0] == run_ids[1]  # same run id, appended to
     checkpoint = torch.load(tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 4 and checkpoint["wandb_run_id"] == run_ids[0]
+
+
+class WorseningModule(LightningModule):
+    """Trains one weight; its validation metric gets worse every epoch, so only epoch 0 is ever the best."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return (self.weight - batch.sum()).pow(2).sum()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val/error", float(self.current_epoch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(torch.ones(4, 1), batch_size=2)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(torch.ones(2, 1), batch_size=2)
+
+
+def test_last_checkpoint_holds_the_final_weights_when_validation_stopped_improving(tmp_path):
+    """Our ModelCheckpoint (every config's): last.ckpt is the run's end, the best file stays the best."""
+    callback = ModelCheckpoint(dirpath=tmp_path, monitor="val/error", mode="min", save_top_k=1, save_last=True)
+    module = WorseningModule()
+    Trainer(max_epochs=3, callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False,
+            default_root_dir=tmp_path).fit(module)
+    last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 6 and torch.equal(last["state_dict"]["weight"], module.weight.detach())
+    assert Path(callback.best_model_path).name == "epoch=0-step=2.ckpt"
+    assert torch.load(callback.best_model_path, map_location="cpu", weights_only=False)["global_step"] == 2

@@ -217,7 +217,7 @@ def run_config(base: str, run_dir: Path, name: str, group: str, job_type: str, s
                                         "job_type": job_type}}]
     callbacks = [c for c in trainer.get("callbacks", []) if not c["class_path"].endswith("ModelCheckpoint")]
     if checkpoint:  # only the last weights: what fine-tuning starts from
-        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        callbacks.append({"class_path": "lightning_modules.callbacks.ModelCheckpoint",
                           "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True,
                                         "save_top_k": 0}})
     callbacks.append({"class_path": "tools.study.FinalMetrics", "init_args": {"path": str(run_dir / "metrics.json")}})
