@@ -17,20 +17,29 @@ log = logging.getLogger(__name__)
 
 
 class RunSummary(Callback):
-    """Records the training loss at logging steps and prints where everything went at the end.
+    """Records the monitored metric and prints where everything went at the end.
 
-    The loss is read after the first step and then every ``trainer.log_every_n_steps`` steps, so
-    the training loop gets no extra per-step host-device synchronisation.
+    A training metric is read after the first step and then every ``trainer.log_every_n_steps``
+    steps, so the training loop gets no extra per-step host-device synchronisation; a validation
+    metric (``val/...``) at the end of each validation, the last one included.
     """
 
     def __init__(self, monitor: str = "loss") -> None:
         self.monitor = monitor
         self.history: list[tuple[int, float]] = []
 
+    def _record(self, trainer: Trainer) -> None:
+        if self.monitor in trainer.callback_metrics:
+            self.history.append((trainer.global_step, trainer.callback_metrics[self.monitor].item()))
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if (step == 1 or step % trainer.log_every_n_steps == 0) and self.monitor in trainer.callback_metrics:
-            self.history.append((step, trainer.callback_metrics[self.monitor].item()))
+        if not self.monitor.startswith("val/") and (step == 1 or step % trainer.log_every_n_steps == 0):
+            self._record(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.monitor.startswith("val/") and not trainer.sanity_checking:
+            self._record(trainer)
 
     def summary(self, trainer: Trainer) -> list[str]:
         lines = [f"crocoman: finished {trainer.global_step} steps"]

@@ -3,7 +3,7 @@
 The head decides which: ``heads.ParametricHead`` regresses body-model parameters, which the
 module's ``body_model`` turns into vertices and joints; ``heads.JointMapHead`` regresses joints,
 which the body model's inverse kinematics turns into parameters; ``heads.VertexHead`` regresses
-the vertices itself. Everything after that (camera, losses, metrics, pictures, predictions) is shared, so
+the vertices itself. Everything after that (camera, metrics, pictures, predictions) is shared, so
 bodies and hands, parametric or not, differ only in YAML.
 """
 
@@ -62,7 +62,9 @@ class MeshRecoveryModule(FinetuneTask):
             with ``VertexHead`` optional: it then turns labelled parameters into target vertices.
         root_joint: among the joints compared, the one 3D errors are taken relative to (pelvis, wrist).
         keypoints_2d_weight, keypoints_3d_weight, vertices_weight, params_weight, prior_weight:
-            loss weights; a term's samples are those whose ``has`` flag is set.
+            loss weights; a term's samples are those whose ``has`` flag is set. A ``JointMapHead``
+            trains on two terms of its own, its heatmaps and its location maps, weighted by the
+            first two (``joint_map_losses``).
         body_frame_3d: compare 3D joints and vertices as if the prediction had the labelled global
             orientation (samples with parameters; parametric heads): the 3D terms then supervise the
             pose alone, and the orientation learns from its own rotation term and the 2D keypoints.

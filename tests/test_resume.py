@@ -17,7 +17,7 @@ from lightning import LightningModule, Trainer
 from lightning.fabric.utilities.cloud_io import _atomic_save
 from torch.utils.data import DataLoader
 
-from lightning_modules.callbacks import ModelCheckpoint
+from lightning_modules.callbacks import ModelCheckpoint, RunSummary
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL, data_args
 
@@ -139,7 +139,7 @@ class WorseningModule(LightningModule):
         return (self.weight - batch.sum()).pow(2).sum()
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self.log("val/error", float(self.current_epoch))
+        self.log("val/error", 1.0 + self.current_epoch)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -151,12 +151,14 @@ class WorseningModule(LightningModule):
         return DataLoader(torch.ones(2, 1), batch_size=2)
 
 
-def test_last_checkpoint_holds_the_final_weights_when_validation_stopped_improving(tmp_path):
-    """Our ModelCheckpoint (every config's): last.ckpt is the run's end, the best file stays the best."""
+def test_last_checkpoint_holds_the_final_weights_when_validation_stopped_improving(tmp_path, capsys):
+    """Our ModelCheckpoint (every config's): last.ckpt is the run's end, the best file stays the best;
+    the run's summary reads the monitored validation metric at every validation, the last included."""
     callback = ModelCheckpoint(dirpath=tmp_path, monitor="val/error", mode="min", save_top_k=1, save_last=True)
     module = WorseningModule()
-    Trainer(max_epochs=3, callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False,
-            default_root_dir=tmp_path).fit(module)
+    Trainer(max_epochs=3, callbacks=[callback, RunSummary(monitor="val/error")], logger=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path).fit(module)
+    assert "val/error: 1.0000 at step 2 -> 3.0000 (mean of the last 1 logged)" in capsys.readouterr().out
     last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 6 and torch.equal(last["state_dict"]["weight"], module.weight.detach())
     assert Path(callback.best_model_path).name == "epoch=0-step=2.ckpt"
