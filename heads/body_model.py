@@ -181,14 +181,9 @@ class BodyModel(nn.Module):
                                 **{self.pose_name: pose.to(dtype)})
         return output.vertices, output.joints
 
-    def rest_joints(self, betas: Tensor | None = None) -> Tensor:
-        """(J, 3) skeleton joints at rest with zero betas, or (B, J, 3) for ``betas`` (B, num_betas)."""
-        layer = self.layer
-        if betas is None:
-            return layer.J_regressor @ layer.v_template
-        shaped = layer.v_template + torch.einsum("bl,mkl->bmk", betas.to(layer.shapedirs.dtype),
-                                                 layer.shapedirs[..., :self.num_betas])
-        return layer.J_regressor @ shaped
+    def rest_joints(self) -> Tensor:
+        """(J, 3) skeleton joints of the mean shape (zero betas) at rest."""
+        return self.layer.J_regressor @ self.layer.v_template
 
     @torch.no_grad()
     def inverse_kinematics(self, joints: Tensor) -> tuple[Tensor, Tensor]:
