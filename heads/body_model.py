@@ -22,7 +22,7 @@ from smplx.joint_names import JOINT_NAMES
 from smplx.utils import Struct
 from torch import Tensor, nn
 
-from heads.rotations import axis_angle_to_matrix
+from heads.rotations import axis_angle_to_matrix, rotation_between, rotation_fitting
 
 ModelType = Literal["smpl", "smplx", "mano"]
 
@@ -42,34 +42,6 @@ JOINT_NAMES_OF = {
 }
 _WHERE = {"smpl": "https://smpl.is.tue.mpg.de", "smplx": "https://smpl-x.is.tue.mpg.de",
           "mano": "https://mano.is.tue.mpg.de"}
-
-
-def rotation_between(source: Tensor, target: Tensor) -> Tensor:
-    """(..., 3) unit vectors -> (..., 3, 3) the smallest rotation taking ``source`` to ``target``
-    (Rodrigues about their cross product); for opposite vectors, a half turn about an axis
-    perpendicular to ``source``."""
-    cross = torch.linalg.cross(source, target, dim=-1)
-    cos = (source * target).sum(-1)[..., None, None]
-    x, y, z = cross.unbind(-1)
-    zeros = torch.zeros_like(x)
-    skew = torch.stack((zeros, -z, y, z, zeros, -x, -y, x, zeros), dim=-1).unflatten(-1, (3, 3))
-    eye = torch.eye(3, dtype=source.dtype, device=source.device).expand_as(skew)
-    opposite = cos < -1 + 1e-6
-    rotation = eye + skew + skew @ skew / (1 + cos).where(~opposite, torch.ones_like(cos))
-    helper = torch.eye(3, dtype=source.dtype, device=source.device)[source.abs().argmin(-1)]
-    axis = F.normalize(torch.linalg.cross(source, helper, dim=-1), dim=-1)
-    half_turn = 2 * axis[..., :, None] * axis[..., None, :] - eye
-    return rotation.where(~opposite, half_turn)
-
-
-def rotation_fitting(source: Tensor, target: Tensor) -> Tensor:
-    """(B, K, 3), (B, K, 3) with K >= 2 -> (B, 3, 3) the rotation best taking the ``source``
-    directions onto the ``target`` ones (Kabsch, no reflection)."""
-    u, _, vt = torch.linalg.svd(source.mT @ target)
-    sign = torch.sign(torch.linalg.det(vt.mT @ u.mT))
-    correction = torch.ones_like(u[..., 0])
-    correction[..., -1] = sign
-    return vt.mT @ torch.diag_embed(correction) @ u.mT
 
 
 def model_file(model_type: str, model_path: str | Path, gender: str = "neutral") -> Path:

@@ -15,12 +15,12 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchvision.utils import make_grid
 
-from heads.body_model import BodyModel, rotation_fitting
+from heads.body_model import BodyModel
 from heads.camera import fit_weak_perspective, weak_perspective_to_translation
 from heads.dense import DenseHead
 from heads.joint_maps import JointMapHead
 from heads.parametric import UPRIGHT
-from heads.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from heads.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_fitting
 from lightning_modules.finetune import FinetuneTask
 from lightning_modules.mesh_losses import (
     keypoint_2d_loss,

@@ -8,9 +8,8 @@ import torch
 
 from backbone import CroCoNet
 from heads import BodyModel, JointMapHead, weak_perspective_to_translation
-from heads.body_model import rotation_between
 from heads.camera import fit_weak_perspective
-from heads.rotations import axis_angle_to_matrix
+from heads.rotations import axis_angle_to_matrix, rotation_between
 from lightning_modules.mesh_losses import project
 from tools.synth.bodymodel import write_body_models
 
