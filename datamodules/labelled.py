@@ -14,30 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
-from torchvision import tv_tensors
-from torchvision.transforms import RandomResizedCrop, v2
 
 from datamodules.base import ShardDataModule
+from datamodules.color import jittered
+from datamodules.decode import crop_affine, decode, decode_crop, image_size, random_box, resized_crop, to_tensor
 from datamodules.shards import expand_shards
 from heads.dense import NUM_PARTS
 
 LABEL_KEYS = ("cls", "json", "npz", "iuv.png")
 UNLABELLED = 255  # iuv.png part channel: 0 background, 1..NUM_PARTS DensePose parts, 255 no label
-Box = tuple[int, int, int, int]  # top, left, height, width in source pixels
-
-
-def crop_affine(box: Box, size: int) -> Tensor:
-    """The 3x3 map from source pixels to pixels of ``box`` resized to ``size`` x ``size``.
-
-    Pixel centres sit at integer coordinates (OpenCV), hence the half-pixel terms; the same map
-    moves 2D keypoints (``A @ p``) and intrinsics (``A @ K``).
-    """
-    top, left, height, width = box
-    sx, sy = size / width, size / height
-    return torch.tensor([[sx, 0.0, (0.5 - left) * sx - 0.5], [0.0, sy, (0.5 - top) * sy - 0.5], [0.0, 0.0, 1.0]],
-                        dtype=torch.float64)
 
 
 def find_manifest(spec: str | list[str]) -> dict:
@@ -66,28 +52,23 @@ def manifest_classes(spec: str | list[str]) -> list[str] | None:
 class LabelledSample:
     """One raw tar sample -> tensors for the requested label keys (a map stage).
 
-    Output: ``image`` (3, S, S) float in [0, 1] and ``key`` always; ``label`` (class id) for
-    ``cls``; ``K`` (crop intrinsics) and ``has`` (label flags) for ``json``; every array of the
-    ``npz`` under its own name (``keypoints_2d`` moved with the crop); ``iuv`` (3, S, S) uint8
-    for ``iuv.png`` (nearest-neighbour resampling, so part indices stay part indices).
+    Output: ``image`` (3, S, S) uint8 (float in [0, 1] after ``ShardDataModule.on_after_batch_transfer``)
+    and ``key`` always; ``label`` (class id) for ``cls``; ``K`` (crop intrinsics) and ``has`` (label
+    flags) for ``json``; every array of the ``npz`` under its own name (``keypoints_2d`` moved with
+    the crop); ``iuv`` (3, S, S) uint8 for ``iuv.png`` (nearest-neighbour resampling, so part
+    indices stay part indices). With ``jitter_on_device``, ``image_jitter`` carries the colour
+    jitter's parameters instead of the jitter being applied here.
     """
 
     def __init__(self, label_keys: tuple[str, ...], image_size: int, augment: bool, crop_scale: tuple[float, float],
-                 color_jitter: float, num_classes: int | None) -> None:
+                 color_jitter: float, num_classes: int | None, jitter_on_device: bool = False) -> None:
         self.label_keys = label_keys
         self.image_size = image_size
         self.augment = augment
-        self.crop_scale = list(crop_scale)
+        self.crop_scale = tuple(crop_scale)
         self.num_classes = num_classes
-        self.jitter = v2.ColorJitter(color_jitter, color_jitter, color_jitter, color_jitter / 4)
-
-    def crop_box(self, image: Tensor) -> Box:
-        if self.augment:
-            return tuple(RandomResizedCrop.get_params(image, self.crop_scale, [3 / 4, 4 / 3]))
-        return 0, 0, image.shape[-2], image.shape[-1]
-
-    def resized_crop(self, item: tv_tensors.TVTensor, box: Box) -> Tensor:
-        return v2.functional.resized_crop(item, *box, [self.image_size, self.image_size], antialias=True)
+        self.color_jitter = color_jitter
+        self.jitter_on_device = jitter_on_device
 
     def label(self, sample: dict) -> Tensor:
         label = int(sample["cls"])
@@ -97,13 +78,13 @@ class LabelledSample:
         return torch.tensor(label)
 
     def __call__(self, sample: dict) -> dict:
-        image = tv_tensors.Image(v2.functional.pil_to_tensor(Image.open(io.BytesIO(sample["jpg"])).convert("RGB")))
-        box = self.crop_box(image)
-        image = self.resized_crop(image, box)
+        width, height = image_size(sample["jpg"])
+        box = random_box(width, height, self.crop_scale) if self.augment else (0, 0, height, width)
+        pixels, box = decode_crop(sample["jpg"], box, self.image_size)
+        out = {"key": sample["__key__"]}
         if self.augment:
-            image = self.jitter(image)
-        out = {"image": v2.functional.to_dtype(image, torch.float32, scale=True).as_subclass(Tensor),
-               "key": sample["__key__"]}
+            pixels = jittered(pixels, self.color_jitter, self.jitter_on_device, out, "image")
+        out["image"] = to_tensor(pixels)
         affine = crop_affine(box, self.image_size)
         if "cls" in self.label_keys:
             out["label"] = self.label(sample)
@@ -119,21 +100,21 @@ class LabelledSample:
                 points[:, :2] = points[:, :2] @ affine[:2, :2].T + affine[:2, 2]
                 out["keypoints_2d"] = points.float()
         if "iuv.png" in self.label_keys:
-            out["iuv"] = self.resized_crop(self.iuv(sample), box).as_subclass(Tensor)
+            out["iuv"] = to_tensor(resized_crop(self.iuv(sample), box, self.image_size, nearest=True))
         return out
 
     @staticmethod
-    def iuv(sample: dict) -> tv_tensors.Mask:
-        """The (3, H, W) IUV map, refusing part ids that are neither a DensePose part nor unlabelled (a
+    def iuv(sample: dict) -> np.ndarray:
+        """The (H, W, 3) IUV map, refusing part ids that are neither a DensePose part nor unlabelled (a
         bad sample, counted): a loss that ignored them would lose those pixels' labels silently."""
-        iuv = v2.functional.pil_to_tensor(Image.open(io.BytesIO(sample["iuv.png"])).convert("RGB"))
-        parts = iuv[0]
+        iuv = decode(sample["iuv.png"])
+        parts = iuv[..., 0]
         bad = (parts > NUM_PARTS) & (parts != UNLABELLED)
         if bad.any():
             raise ValueError(f"sample {sample['__key__']} in {sample.get('__url__', '?')}: iuv.png has part ids "
-                             f"{parts[bad].unique().tolist()}; DensePose parts are 1..{NUM_PARTS}, 0 is "
+                             f"{np.unique(parts[bad]).tolist()}; DensePose parts are 1..{NUM_PARTS}, 0 is "
                              f"background and {UNLABELLED} unlabelled")
-        return tv_tensors.Mask(iuv)
+        return iuv
 
 
 class LabelledDataModule(ShardDataModule):
@@ -156,7 +137,10 @@ class LabelledDataModule(ShardDataModule):
         augment: random resized crops and colour jitter on training samples.
         crop_scale: area range of the random crops.
         color_jitter: strength of brightness/contrast/saturation jitter (hue gets a quarter).
+        augment_on: where the colour jitter runs, ``worker`` or ``device`` (see ``PairDataModule``).
     """
+
+    image_keys = ("image",)
 
     def __init__(
         self,
@@ -174,8 +158,9 @@ class LabelledDataModule(ShardDataModule):
         augment: bool = True,
         crop_scale: tuple[float, float] = (0.6, 1.0),
         color_jitter: float = 0.4,
+        augment_on: str = "worker",
     ) -> None:
-        super().__init__(batch_size)
+        super().__init__(batch_size, augment_on)
         unknown = set(label_keys) - set(LABEL_KEYS)
         if unknown:
             raise ValueError(f"unknown label keys {sorted(unknown)}; labelled shards have {list(LABEL_KEYS)}")
@@ -192,7 +177,8 @@ class LabelledDataModule(ShardDataModule):
         hp = self.hparams
         num_classes = len(self.classes) if "cls" in hp.label_keys and self.classes else None
         return LabelledSample(tuple(hp.label_keys), hp.image_size, augment=train and hp.augment,
-                              crop_scale=hp.crop_scale, color_jitter=hp.color_jitter, num_classes=num_classes)
+                              crop_scale=hp.crop_scale, color_jitter=hp.color_jitter, num_classes=num_classes,
+                              jitter_on_device=self.augment_on == "device")
 
     def samples_per_epoch(self) -> int:
         return self.hparams.epoch_samples

@@ -27,9 +27,7 @@ import numpy as np
 import smplx
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
-from torchvision.transforms import v2
 
 from datamodules.hmr_tars import (
     HAMER_HAND_KEYPOINTS,
@@ -39,7 +37,9 @@ from datamodules.hmr_tars import (
     load_people,
     refuse_untrusted,
 )
-from datamodules.labelled import LabelledDataModule, crop_affine, find_manifest
+from datamodules.color import jittered
+from datamodules.decode import crop_affine, decode_warp, image_size, to_tensor
+from datamodules.labelled import LabelledDataModule, find_manifest
 from datamodules.mirror import (
     BODY_POSE_JOINTS,
     SMPL_JOINT_NAMES,
@@ -118,19 +118,6 @@ def rotate_axis_angle_about_z(axis_angle: Tensor, angle_rad: float) -> Tensor:
     return v * (2 * torch.atan2(sin_half, w) / sin_half) if sin_half > 0 else torch.zeros_like(axis_angle)
 
 
-def warp(image: Tensor, affine: Tensor, size: int) -> Tensor:
-    """(3, H, W) float image resampled (bilinear, black outside) so that source pixel p lands on ``affine @ p``
-    in a ``size`` x ``size`` output; pixel centres at integers, as in ``crop_affine``."""
-    height, width = image.shape[-2:]
-    coords = torch.arange(size, dtype=torch.float64)
-    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-    output = torch.stack([cols, rows, torch.ones_like(cols)], dim=-1)
-    source = output @ torch.linalg.inv(affine).T
-    grid = torch.stack([(2 * source[..., 0] + 1) / width - 1, (2 * source[..., 1] + 1) / height - 1], dim=-1)
-    return F.grid_sample(image[None], grid[None].float(), mode="bilinear", padding_mode="zeros",
-                         align_corners=False)[0]
-
-
 def crocoman_person(sample: dict) -> dict:
     """A crocoman labelled-shard sample as a person record (labels its ``has`` flags deny are left out)."""
     meta = json.loads(sample["json"])
@@ -178,7 +165,7 @@ class MeshSample:
                  augment: bool, color_jitter: float, scale_factor: float, translation_factor: float,
                  rotation_deg: float, rotation_rate: float, flip_rate: float, extreme_crop_rate: float,
                  trust_pickle: bool = False, hmr_focal_length_px: float = 5000.0,
-                 vertex_map: Tensor | None = None) -> None:
+                 vertex_map: Tensor | None = None, jitter_on_device: bool = False) -> None:
         self.spec = BODY_MODELS[body_model]
         self.body_model = body_model
         self.keypoint_names = keypoint_names
@@ -191,7 +178,8 @@ class MeshSample:
         self.trust_pickle = trust_pickle
         self.hmr_focal_length_px = hmr_focal_length_px
         self.vertex_map = vertex_map
-        self.jitter = v2.ColorJitter(color_jitter, color_jitter, color_jitter, color_jitter / 4)
+        self.color_jitter = color_jitter
+        self.jitter_on_device = jitter_on_device
         self.keypoint_mirror = mirror_permutation(keypoint_names)
         self.root = keypoint_names.index(self.spec.root) if self.spec.root in keypoint_names else None
         masks = [(torch.tensor([keep(name) for name in keypoint_names]), padding)
@@ -254,10 +242,10 @@ class MeshSample:
             extreme_crop=crops[int(torch.randint(len(crops), ()))] if extreme else None,
         )
 
-    def crop_box(self, person: dict, image: Tensor, augmentation: CameraAugmentation) -> tuple[float, float, float]:
-        """Centre and side of the square crop in source pixels, before rotation and flip."""
+    def crop_box(self, person: dict, width: int, height: int,
+                 augmentation: CameraAugmentation) -> tuple[float, float, float]:
+        """Centre and side of the square crop in source pixels (of a width x height image), before rotation and flip."""
         if person["box"] is None:
-            height, width = image.shape[-2:]
             cx, cy, side = (width - 1) / 2, (height - 1) / 2, float(max(height, width))
         else:
             cx, cy, side = person["box"]
@@ -281,9 +269,7 @@ class MeshSample:
         person = self.complete(record, where)
         augmentation = self.draw(person)
         flip = augmentation.flip != person["mirror"]
-        pixels = v2.functional.pil_to_tensor(Image.open(io.BytesIO(record["jpg"])).convert("RGB"))
-        image = v2.functional.to_dtype(pixels, torch.float32, scale=True)
-        cx, cy, side = self.crop_box(person, image, augmentation)
+        cx, cy, side = self.crop_box(person, *image_size(record["jpg"]), augmentation)
 
         # The camera change G (3D) and the image homography it induces, H = K G K^-1 (an affine map:
         # G keeps z). The crop is centred where the box centre went, so the person stays in view.
@@ -294,9 +280,10 @@ class MeshSample:
         to_input = crop_affine((centre_y - side / 2 + 0.5, centre_x - side / 2 + 0.5, side, side), self.image_size)
         affine = to_input @ homography
 
-        image = warp(image, affine, self.image_size)
+        out = {"key": record.get("key", sample["__key__"])}
+        pixels = decode_warp(record["jpg"], affine, self.image_size)
         if self.augment:
-            image = self.jitter(image)
+            pixels = jittered(pixels, self.color_jitter, self.jitter_on_device, out, "image")
 
         has = person["has"]
         order = self.keypoint_mirror if flip else list(range(len(self.keypoint_names)))
@@ -328,9 +315,8 @@ class MeshSample:
                 has, vertices = has | {"vertices": False}, torch.zeros_like(vertices)
         global_orient = rotate_axis_angle_about_z(global_orient, augmentation.rotation_rad)
 
-        return {
-            "image": image,
-            "key": record.get("key", sample["__key__"]),
+        return out | {
+            "image": to_tensor(pixels),
             "K": (to_input @ K).float(),
             "keypoints_2d": keypoints_2d[order].float(),
             "keypoints_3d": keypoints_3d[order].float(),
@@ -346,7 +332,7 @@ class MeshSample:
 class MeshDataModule(LabelledDataModule):
     """Person crops with mesh labels, for body (SMPL, SMPL-X) or hand (MANO) mesh recovery.
 
-    Batch: ``image`` (B, 3, S, S) in [0, 1], ``key``, ``K`` (B, 3, 3) of the input after augmentation,
+    Batch: ``image`` (B, 3, S, S) in [0, 1] (uint8 out of the workers, see ``ShardDataModule``), ``key``, ``K`` (B, 3, 3) of the input after augmentation,
     ``keypoints_2d`` (B, J, 3) input pixels + confidence (0 when unlabelled or outside the crop),
     ``keypoints_3d`` (B, J, 4) camera metres + confidence, ``global_orient`` (B, 3) camera-frame
     axis-angle, ``body_pose`` (B, 69 smpl / 63 smplx) or ``hand_pose`` (B, 45 mano), ``betas`` (B, 10),
@@ -375,6 +361,8 @@ class MeshDataModule(LabelledDataModule):
             vertex mirror map, so flipped samples keep their vertices. Unset: flipped samples have
             ``has.vertices`` False (the module recomputes vertices from the parameters).
         vertex_mirror_tolerance_m: the template must be this symmetric.
+        augment_on: where the colour jitter runs, ``worker`` or ``device`` (see ``PairDataModule``);
+            the geometry is always done in the workers, where the labels move with it.
     """
 
     def __init__(
@@ -403,11 +391,12 @@ class MeshDataModule(LabelledDataModule):
         extreme_crop_rate: float = 0.1,
         mirror_vertices_from: str | None = None,
         vertex_mirror_tolerance_m: float = 0.002,
+        augment_on: str = "worker",
     ) -> None:
         super().__init__(train_shards, train_weights, val_shards, test_shards, label_keys=("json", "npz"),
                          batch_size=batch_size, num_workers=num_workers, image_size=image_size,
                          epoch_samples=epoch_samples, shuffle_buffer=shuffle_buffer, augment=augment,
-                         color_jitter=color_jitter)
+                         color_jitter=color_jitter, augment_on=augment_on)
         if body_model is not None and body_model not in BODY_MODELS:
             raise ValueError(f"body_model={body_model!r}: expected one of {list(BODY_MODELS)}")
         if source_format is not None and source_format not in SOURCE_FORMATS:
@@ -473,4 +462,5 @@ class MeshDataModule(LabelledDataModule):
             rotation_deg=hp.rotation_deg, rotation_rate=hp.rotation_rate, flip_rate=self.flip_rate,
             extreme_crop_rate=hp.extreme_crop_rate, trust_pickle=hp.trust_pickle,
             hmr_focal_length_px=hp.hmr_focal_length_px, vertex_map=self.vertex_map,
+            jitter_on_device=self.augment_on == "device",
         )

@@ -113,7 +113,7 @@ class EpochLoader(wds.WebLoader):
 
 def train_loader(sources: list[list[str]], weights: list[float] | None, to_sample: Callable[[dict], dict | list[dict]],
                  batch_size: int, num_workers: int, batches_per_rank: int, shuffle_buffer: int,
-                 seeds: StreamSeeds) -> wds.WebLoader:
+                 seeds: StreamSeeds, pin_memory: bool = False) -> wds.WebLoader:
     """Infinite resampled stream, mixed over sources, cut into epochs of exactly ``batches_per_rank`` full batches.
 
     Resampling (shards drawn with replacement per worker) means every rank and worker always
@@ -137,7 +137,7 @@ def train_loader(sources: list[list[str]], weights: list[float] | None, to_sampl
         partial(_skip_resumed, seeds=seeds),
         wds.map(skips.attach),
     )
-    loader = EpochLoader(dataset, seeds, batch_size=None, num_workers=num_workers,
+    loader = EpochLoader(dataset, seeds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                          worker_init_fn=seeds.seed_worker if num_workers > 0 else None)
     # with_epoch cuts the stream; the length only lets Lightning show progress and count steps.
     return loader.with_epoch(batches_per_rank).with_length(batches_per_rank, silent=True)
@@ -150,7 +150,7 @@ def _each(samples):
 
 
 def eval_loader(urls: list[str], to_sample: Callable[[dict], dict | list[dict]], batch_size: int, num_workers: int,
-                world_size: int) -> wds.WebLoader:
+                world_size: int, pin_memory: bool = False) -> wds.WebLoader:
     """Deterministic single pass: shards split over ranks, then over workers; every sample seen once.
     ``to_sample`` may return a list: each of its samples is evaluated."""
     workers = max(1, num_workers)
@@ -166,4 +166,4 @@ def eval_loader(urls: list[str], to_sample: Callable[[dict], dict | list[dict]],
         .batched(batch_size, collation_fn=default_collate, partial=True)
         .map(skips.attach)
     )
-    return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers)
+    return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)

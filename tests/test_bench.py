@@ -111,11 +111,26 @@ def test_bench_on_cpu_writes_the_result_file(tmp_path, pair_shards):
 
     data = saved["cases"]["data_pipeline"]
     for size in ("224px", "128px"):
-        assert data["results"][size]["workers_0"]["pairs_per_s"] > 0
-        assert data["results"][size]["pairs_per_s_per_worker"] > 0
+        result = data["results"][size]
+        assert all(result[mode]["pairs_per_s"] > 0 for mode in ("per_sample", "worker", "device"))
+        assert result["pairs_per_s_per_worker"] == result["worker"]["pairs_per_s"]
+        assert result["speedup_vs_per_sample"] == result["worker"]["pairs_per_s"] / result["per_sample"]["pairs_per_s"]
+        stages = result["stages"]
+        assert "colour jitter" in stages["per_sample"]["ms_per_pair"] and "colour jitter" in stages["worker"]["ms_per_pair"]
+        assert "colour jitter" not in stages["device"]["ms_per_pair"]  # left to the training device
+        assert all(stages[mode]["total_ms_per_pair"] > 0 for mode in ("per_sample", "worker", "device"))
     assert data["settings"]["224px"]["image_size"] == 224 and data["settings"]["128px"]["image_size"] == 128
     assert data["workers_to_feed"]["cpu_demo_128px"] >= 1
     assert saved["summary"].startswith("crocoman-bench: cpu-")
+
+    # The CPU demo config trained from the shards (its one worker, each mode) and from tensors.
+    from_shards = saved["cases"]["pretrain_from_shards"]
+    assert from_shards["settings"]["config"] == "configs/pretrain/cpu_demo.yaml"
+    runs = from_shards["results"]
+    assert set(runs) == {"from_tensors", "from_shards_worker_1_workers", "from_shards_device_1_workers"}
+    for name in ("from_shards_worker_1_workers", "from_shards_device_1_workers"):
+        assert runs[name]["vs_from_tensors"] == runs[name]["pairs_per_s"] / runs["from_tensors"]["pairs_per_s"]
+    assert "from shards vs tensors" in saved["summary"]
 
     # The gesture module at the full size of its CPU config.
     finetune = saved["cases"]["finetune_train"]
@@ -155,8 +170,9 @@ def test_vit_case_code_path_on_cpu():
 
 def test_skip_data(tmp_path):
     report = bench.main(["--out", str(tmp_path), "--steps", "1", "--warmup", "0", "--device", "cpu", "--skip-data",
-                         "--skip-finetune", "--skip-vit"])
+                         "--skip-from-shards", "--skip-finetune", "--skip-vit"])
     assert report["cases"]["data_pipeline"] == {"skipped": "--skip-data"}
+    assert report["cases"]["pretrain_from_shards"] == {"skipped": "--skip-from-shards"}
     assert report["cases"]["finetune_train"] == {"skipped": "--skip-finetune"}
     assert report["cases"]["vit_pretrain"] == {"skipped": "--skip-vit"}
     assert "finetune: skipped" in report["summary"] and "ViT: skipped" in report["summary"]

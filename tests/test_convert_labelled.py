@@ -444,7 +444,7 @@ def test_hagrid_crops_show_their_class(tmp_path: Path, version: int, drop_no_ges
                                   label_keys=("cls", "json"), batch_size=16, num_workers=0, image_size=SIZE,
                                   augment=False)
         assert data.classes == classes  # read from the manifest
-        batch = next(iter(data.val_dataloader()))
+        batch = data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)
         assert bool(batch["has"]["gesture"].all()) and not bool(batch["has"]["mano"].any())
         centre = batch["image"][:, :, SIZE // 2, SIZE // 2] * 255
         expected = torch.tensor([HAGRID_COLOURS[classes[label]] for label in batch["label"]], dtype=torch.float32)

@@ -46,7 +46,8 @@ def test_faults_are_skipped_and_counted(faulty_shards):
     assert sum(len(b["pair_type"]) for b in batches) == 4 + 2
 
 
-def test_faulty_shards_train_through_the_cli_and_log_counts(faulty_shards, tmp_path, monkeypatch):
+@pytest.mark.parametrize("augment_on", ["worker", "device"])
+def test_faulty_shards_train_through_the_cli_and_log_counts(faulty_shards, tmp_path, monkeypatch, augment_on):
     from tests.test_cli import REPO, TINY_MODEL
     from tools.main import main
 
@@ -54,6 +55,7 @@ def test_faulty_shards_train_through_the_cli_and_log_counts(faulty_shards, tmp_p
     main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL,
           f"--data.train_shards={faulty_shards}", f"--data.val_shards={faulty_shards}", "--data.image_size=64",
           "--data.batch_size=2", "--data.num_workers=0", "--data.epoch_pairs=16", "--data.shuffle_buffer=4",
+          f"--data.augment_on={augment_on}",
           "--trainer.max_steps=8", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
           "--trainer.logger.save_dir=logs"])
     with open(tmp_path / "logs/lightning_logs/version_0/metrics.csv") as f:

@@ -42,11 +42,13 @@ def run_two_ranks(shards: Path, snippet: str, workdir: Path, *extra: str) -> sub
     return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize(("snippet", "sharded"), [("ddp.yaml", False), ("fsdp2.yaml", True)])
-def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path, snippet, sharded):
+@pytest.mark.parametrize(("snippet", "sharded", "augment_on"),
+                         [("ddp.yaml", False, "worker"), ("ddp.yaml", False, "device"), ("fsdp2.yaml", True, "worker")])
+def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path, snippet, sharded,
+                                                                       augment_on):
     # FSDP2 runs with activation checkpointing: checkpointed blocks must still shard and train.
     result = run_two_ranks(ddp_shards, snippet, tmp_path, "--trainer.callbacks+=tests.recorders.BatchRecorder",
-                           f"--model.init_args.activation_checkpointing={sharded}")
+                           f"--model.init_args.activation_checkpointing={sharded}", f"--data.augment_on={augment_on}")
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world_size"] == 2 and r["blocks_sharded"] == sharded for r in ranks)

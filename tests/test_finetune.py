@@ -156,7 +156,7 @@ def test_crops_move_keypoints_and_intrinsics_with_the_pixels():
     torch.manual_seed(0)
     for _ in range(5):
         out = crops(sample)
-        weights = out["image"].mean(dim=0)
+        weights = out["image"].float().mean(dim=0)
         ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
         centroid = torch.stack(((weights * xs).sum(), (weights * ys).sum())) / weights.sum()
         keypoint = out["keypoints_2d"][0, :2]

@@ -18,9 +18,9 @@ from test_synth_bodymodel import load_model
 from backbone import CroCoNet
 from datamodules import MeshDataModule
 from datamodules.health import SKIP_KINDS, SKIPPED_KEY
+from datamodules.decode import crop_affine, decode_warp
 from datamodules.hmr_tars import FOCAL_LENGTH_PX, HAMER_HAND_KEYPOINTS, HMR_BODY_KEYPOINTS
-from datamodules.labelled import crop_affine
-from datamodules.mesh import rotate_axis_angle_about_z, warp
+from datamodules.mesh import rotate_axis_angle_about_z
 from datamodules.mirror import SMPL_JOINT_NAMES, mirror_permutation, vertex_mirror_map
 from heads import BodyModel, ParametricHead
 from heads.rotations import axis_angle_to_matrix
@@ -114,7 +114,7 @@ def test_keypoints_project_exactly_after_every_augmentation(body_shards: Path, b
     model = load_model(body_models, "smpl")
     outside = flipped = 0
     for batch in batches(module.train_dataloader()):
-        assert batch["image"].shape == (4, 3, SIZE, SIZE) and 0 <= batch["image"].min() <= batch["image"].max() <= 1
+        assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["image"].dtype == torch.uint8
         error_px = (projected(batch) - batch["keypoints_2d"][..., :2]).abs().max()
         assert error_px < 0.5, f"projection misses the 2D keypoints by {error_px:.3f} px"
         K = batch["K"]
@@ -216,18 +216,29 @@ def test_shards_without_vertices_flag_them_missing(tmp_path: Path, body_models: 
                           - batch["keypoints_3d"][:, :1, :3] - vertices).norm(dim=-1).max() < 1e-4
 
 
-def test_image_warp_moves_pixels_like_the_keypoints() -> None:
-    """A bright pixel at p lands where the same affine map sends p (rotation + crop, pixel centres at integers)."""
-    image = torch.zeros(3, 40, 50)
-    image[:, 12, 31] = 1.0
+@pytest.mark.parametrize(("shape", "box", "reduced"), [((40, 50), (5.0, 10.0, 30.0, 30.0), False),
+                                                       ((400, 500), (50.0, 100.0, 300.0, 300.0), True)])
+def test_image_warp_moves_pixels_like_the_keypoints(shape, box, reduced) -> None:
+    """A bright spot at p lands where the same affine map sends p (rotation + crop, pixel centres at integers),
+    also when the map shrinks enough for a reduced-size JPEG decode."""
+    height, width = shape
+    rows, cols = np.mgrid[:height, :width]
+    spot = (31.0, 12.0) if not reduced else (310.3, 122.6)
+    radius = 1.0 if not reduced else 6.0
+    pixels = (255 * np.exp(-((cols - spot[0]) ** 2 + (rows - spot[1]) ** 2) / (2 * radius**2))).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.repeat(pixels[..., None], 3, -1)).save(buffer, format="JPEG" if reduced else "PNG", quality=95)
     angle = 0.4
     rotation = torch.tensor([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]],
                             dtype=torch.float64)
-    affine = crop_affine((5.0, 10.0, 30.0, 30.0), 60) @ rotation
-    out = warp(image, affine, 60)
-    row, col = divmod(int(out[0].argmax()), 60)
-    expected = affine @ torch.tensor([31.0, 12.0, 1.0], dtype=torch.float64)
-    assert abs(col - expected[0]) <= 1 and abs(row - expected[1]) <= 1
+    affine = crop_affine(box, 60) @ rotation
+    out = torch.from_numpy(decode_warp(buffer.getvalue(), affine, 60)[..., 0].astype(np.float64))
+    out = (out - out.median()).clamp_min(0)
+    ys, xs = torch.meshgrid(torch.arange(60.0, dtype=torch.float64), torch.arange(60.0, dtype=torch.float64),
+                            indexing="ij")
+    centroid = torch.stack([(out * xs).sum(), (out * ys).sum()]) / out.sum()
+    expected = (affine @ torch.tensor([*spot, 1.0], dtype=torch.float64))[:2]
+    assert (centroid - expected).norm() < 0.25
 
 
 def test_rotating_axis_angle_is_exact_near_pi() -> None:

@@ -4,6 +4,8 @@ import random
 import pytest
 import torch
 
+from torch.utils.data import default_collate
+
 from datamodules.pairs import CROSS_POSE, CROSS_VIEW, PairDataModule, candidate_pairs, choose_pair
 from datamodules.shards import expand_shards
 
@@ -55,8 +57,11 @@ def test_train_batches_are_full_and_well_formed(pair_shards):
     for batch in batches:
         assert batch["image1"].shape == (4, 3, 32, 32) and batch["image2"].shape == (4, 3, 32, 32)
         assert batch["person1"].shape == (4, 32, 32) and batch["pair_type"].shape == (4,)
-        assert 0.0 <= batch["image1"].min() and batch["image1"].max() <= 1.0
+        assert batch["image1"].dtype == torch.uint8 and batch["person1"].dtype == torch.bool  # workers hand over bytes
         assert batch["person1"].sum() > 0
+        finished = dm.on_after_batch_transfer(batch, 0)
+        assert finished["image1"].dtype == torch.float32 and finished["image1"].max() <= 1.0
+        assert finished["image1"].max() > 0.5 and finished["image2"].min() >= 0.0
 
 
 def test_validation_is_deterministic_and_complete(pair_shards):
@@ -86,7 +91,8 @@ def test_person_mask_falls_back_to_bbox(pair_shards, tmp_path):
     x, y, w, h = (int(round(v)) for v in frame["bbox"])
     sample["group.json"] = json.dumps(group).encode()
     dm = PairDataModule("unused", image_size=64, augment=False)
-    _, person = dm._sampler(train=False).load(sample, frame)
+    view, _ = dm._sampler(train=False).view(sample, frame, None, with_mask=True)
+    person = view["person"]
     assert person[y:y + h, x:x + w].all() and person.sum() == pytest.approx(min(h, 64 - y) * min(w, 64 - x))
 
 
@@ -120,8 +126,9 @@ def test_time_gap_range_bounds_cross_pose_pairs():
     assert gaps == {2, 3}
 
 
+@pytest.mark.parametrize("augment_on", ["worker", "device"])
 @pytest.mark.parametrize("independent", [True, False])
-def test_shared_or_independent_augmentation(pair_shards, independent):
+def test_shared_or_independent_augmentation(pair_shards, independent, augment_on):
     """With one shared draw, a cross-view pair of identical images stays identical; independent draws differ."""
     import webdataset as wds
 
@@ -130,7 +137,7 @@ def test_shared_or_independent_augmentation(pair_shards, independent):
     for frame in group["frames"]:  # make every frame the same picture
         sample[frame["name"]] = sample[group["frames"][0]["name"]]
     sample["group.json"] = json.dumps(group).encode()
-    dm = PairDataModule("unused", image_size=32, independent_augmentation=independent)
+    dm = PairDataModule("unused", image_size=32, independent_augmentation=independent, augment_on=augment_on)
     torch.manual_seed(0)
-    pair = dm._sampler(train=True)(sample)
+    pair = dm.on_after_batch_transfer(default_collate([dm._sampler(train=True)(sample)]), 0)
     assert torch.equal(pair["image1"], pair["image2"]) != independent

@@ -50,11 +50,13 @@ def streamed(workdir: Path) -> dict[int, dict]:
     return {record["step"]: record for record in map(json.loads, lines)}
 
 
-@pytest.fixture(scope="module")
-def killed_then_resumed(pair_shards, tmp_path_factory):
-    """A run killed after step 12 and resumed from its step-10 checkpoint, and the same run uninterrupted."""
-    root = tmp_path_factory.mktemp("resume")
+@pytest.fixture(scope="module", params=["worker", "device"])
+def killed_then_resumed(pair_shards, tmp_path_factory, request):
+    """A run killed after step 12 and resumed from its step-10 checkpoint, and the same run uninterrupted;
+    with the colour jitter in the loader worker and on the device."""
+    root = tmp_path_factory.mktemp(f"resume-{request.param}")
     common = [*TINY_MODEL, *data_args(pair_shards, 64, 4), "--data.epoch_pairs=400", "--data.num_workers=1",
+              f"--data.augment_on={request.param}",
               "--model.init_args.lr_reference_batch=4", "--trainer.log_every_n_steps=1", "--trainer.max_steps=20"]
 
     def run(records: Path, config: Path, *extra: str, cwd: Path = root) -> subprocess.CompletedProcess:

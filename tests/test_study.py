@@ -20,7 +20,7 @@ from tools.study import run_study as study
 def single_image_batch(pair_shards: Path, single_image: bool) -> dict:
     data = PairDataModule(str(pair_shards / "val"), val_shards=str(pair_shards / "val"), batch_size=4, num_workers=0,
                           image_size=32, single_image=single_image)
-    return next(iter(data.val_dataloader()))
+    return data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)
 
 
 def test_mae_arm_cannot_see_its_hidden_patches(pair_shards):

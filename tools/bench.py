@@ -1,6 +1,6 @@
 """``crocoman-bench``: how fast we train and load data on this machine, written down as JSON.
 
-Four cases, each recorded with its settings next to its results so that files from different
+Five cases, each recorded with its settings next to its results so that files from different
 machines and commits compare like with like:
 
 1. ``cpu_demo_train``: the model of ``configs/pretrain/cpu_demo.yaml`` (built from that file's
@@ -10,10 +10,14 @@ machines and commits compare like with like:
    and ``torch.compile``d, with model FLOPs utilisation from ``tools.flops``; plus our encoder
    against timm's ViT of the same size (forward + backward, all tokens) so that the cost of our
    RoPE blocks is visible as a ratio.
-3. ``data_pipeline``: decoded and augmented pairs per second per loader worker through
-   ``datamodules.PairDataModule`` at 224 px and at the demo's 128 px, and how many workers keep
-   the model of case 1 / 2 fed.
-4. ``finetune_train``: each fine-tuning module (gesture, SMPL body mesh, SMPL from joint maps,
+3. ``data_pipeline``: pairs per second out of one loader worker of ``datamodules.PairDataModule``
+   at 224 px and at the demo's 128 px, in each augmentation mode and on the replaced per-sample
+   path (``tools.bench_data``), the speed-up over it, a per-stage profile of a pair's time in each
+   mode, and how many workers keep the model of case 1 / 2 fed.
+4. ``pretrain_from_shards``: the pretraining config (CPU demo; ViT-B on CUDA, 4 and 8 workers)
+   trained by a Lightning ``Trainer`` from pair shards in each mode and from random tensors, in
+   the same run: the ratio is what the data pipeline costs the model.
+5. ``finetune_train``: each fine-tuning module (gesture, SMPL body mesh, SMPL from joint maps,
    model-free body mesh, MANO hand mesh, DensePose) built from the ``model`` section of its
    ``configs/finetune/*_cpu.yaml`` (on CUDA: the GPU config of the same name without ``_cpu``, bf16
    there) and trained by a Lightning ``Trainer`` with the config's precision and gradient
@@ -66,6 +70,7 @@ from heads.dense import NUM_PARTS
 from lightning_modules.finetune import FinetuneTask
 from lightning_modules.mesh_losses import project
 from lightning_modules.pretrain import PretrainModule
+from tools.bench_data import MODES, loader_throughput, pairs_in_mode, stage_profile
 from tools.flops import pretrain_step_flops
 from tools.provenance import git_commit
 from tools.synth.bodymodel import write_body_models
@@ -721,55 +726,104 @@ def synthetic_shards(root: Path, name: str, image_size: int) -> tuple[Path, dict
 
     out = root / f"synth-{name}"
     settings = {**SYNTH_SHARDS, "image_size": image_size}
-    with contextlib.redirect_stdout(sys.stderr):  # its summary line is not the bench's
-        write_pair_shards(out, workers=min(4, usable_cores()), **settings)
+    if not (out / "manifest.json").is_file():  # the data cases share one set per size
+        with contextlib.redirect_stdout(sys.stderr):  # its summary line is not the bench's
+            write_pair_shards(out, workers=min(4, usable_cores()), **settings)
     return out / "train", {"source": "tools.synth.write_pair_shards", **settings}
 
 
-def data_throughput(shards: Path | str, data_args: dict, num_workers: int, steps: int) -> dict:
-    """Pairs per second out of ``PairDataModule.train_dataloader()`` with ``num_workers`` workers."""
-    from datamodules import PairDataModule
-
-    batch_size = data_args["batch_size"]
-    datamodule = PairDataModule(**{**data_args, "train_shards": str(shards), "val_shards": None,
-                                   "num_workers": num_workers,
-                                   "epoch_pairs": batch_size * (DATA_WARMUP_BATCHES + steps)})
-    batches = iter(datamodule.train_dataloader())
-    # A DataLoader worker runs torch single-threaded; in-process loading does the same here, so
-    # both numbers are one core's worth of work and the model's thread setting is untouched.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        timing = run_timed(partial(next, batches), steps, DATA_WARMUP_BATCHES, torch.device("cpu"),
-                           f"data {data_args['image_size']}px {num_workers} workers")
-    finally:
-        torch.set_num_threads(threads)
-        # The loader iterator sits in a reference cycle, so only a collection stops its worker; left
-        # running, the worker keeps reading (resampled) shards the caller deletes next, on a core
-        # the following cases are timed on.
-        del batches
-        gc.collect()
-    return {"pairs_per_s": batch_size / timing["step_time_s"], "batch_time_s": timing["step_time_s"],
-            "first_batch_s": timing["first_step_s"]}
-
-
 def data_case(steps: int, shards: str | None, workdir: Path) -> dict:
-    """Case 3: decoded + augmented pairs per second, at the ViT-B config's 224 px and the demo's 128 px."""
+    """Case 3: pairs per second out of one loader worker in each mode, at the ViT-B config's 224 px and
+    the demo's 128 px, against the replaced per-sample path in the same run; and per stage, where a
+    pair's time goes in each mode."""
     configs = {"224px": VITB_CONFIG, "128px": CPU_DEMO_CONFIG}
-    settings, results = {"warmup_batches": DATA_WARMUP_BATCHES, "timed_batches": steps,
-                         "torch_threads": 1}, {}
+    settings = {"warmup_batches": DATA_WARMUP_BATCHES, "timed_batches": steps, "workers": 1, "torch_threads": 1,
+                "modes": {"per_sample": "the replaced pipeline: PIL decode, torchvision crop + jitter per sample, "
+                                        "float out of the worker",
+                          "worker": "OpenCV decode + crop + jitter on uint8 in the worker (the default)",
+                          "device": "decode + crop in the worker; jitter and float conversion after the transfer, "
+                                    "on the training device (not timed here: that is the worker's share)"}}
+    results = {}
     for label, config_path in configs.items():
         data_args = yaml.safe_load(config_path.read_text())["data"]["init_args"]
-        if shards:
-            shard_dir, shard_info = shards, {"source": shards}
-        else:
-            shard_dir, shard_info = synthetic_shards(workdir, label, SYNTH_SOURCE_SIZE[label])
-        settings[label] = {"config": repo_relative(config_path), "shards": shard_info,
-                           **{k: data_args[k] for k in ("batch_size", "image_size", "augment", "shuffle_buffer",
-                                                        "crop_scale", "color_jitter") if k in data_args}}
-        results[label] = {f"workers_{n}": data_throughput(shard_dir, data_args, n, steps) for n in (0, 1)}
-        # One worker process is the unit to scale by (0 workers adds no process start or IPC).
-        results[label]["pairs_per_s_per_worker"] = results[label]["workers_1"]["pairs_per_s"]
+        shard_dir, shard_info = (shards, {"source": shards}) if shards else synthetic_shards(
+            workdir, label, SYNTH_SOURCE_SIZE[label])
+        data_args = {k: data_args[k] for k in ("batch_size", "image_size", "augment", "shuffle_buffer", "crop_scale",
+                                               "color_jitter", "independent_augmentation") if k in data_args}
+        settings[label] = {"config": repo_relative(config_path), "shards": shard_info, **data_args}
+        modes = {mode: loader_throughput(str(shard_dir), data_args, mode, 1, steps, DATA_WARMUP_BATCHES)
+                 for mode in MODES}
+        default = modes["worker"]["pairs_per_s"]
+        results[label] = {**modes, "pairs_per_s_per_worker": default,
+                          "speedup_vs_per_sample": default / modes["per_sample"]["pairs_per_s"],
+                          "device_mode_worker_ms_per_pair": 1e3 / modes["device"]["pairs_per_s"],
+                          "stages": stage_profile(str(shard_dir), data_args, pairs=steps * data_args["batch_size"])}
+    return {"settings": settings, "results": results}
+
+
+def pretrain_run(config: dict, device: torch.device, steps: int, warmup: int, root_dir: Path,
+                 data: LightningDataModule | None) -> dict:
+    """Pretraining steps of a config's model through a Lightning ``Trainer`` (its precision and clipping,
+    no logger, checkpoints or validation), from ``data`` or, when None, from one batch of random tensors
+    already on the device."""
+    torch.manual_seed(0)
+    module = build_from_spec(config["model"])
+    data_args, trainer_args = config["data"]["init_args"], config.get("trainer", {})
+    batch_size, image_size = data_args["batch_size"], data_args["image_size"]
+    if data is None:
+        generator = torch.Generator().manual_seed(0)
+        batch = {"image1": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
+                 "image2": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
+                 "person1": random_person_masks(batch_size, image_size, generator),
+                 "pair_type": torch.zeros(batch_size, dtype=torch.long)}
+        data = SyntheticBatches(move_data_to_device(batch, device), batch_size, warmup + steps)
+    timer = StepTimer(warmup, steps, device, "pretraining from " + ("tensors" if isinstance(data, SyntheticBatches)
+                                                                    else "shards"))
+    with quiet_lightning():
+        trainer = Trainer(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
+                          precision=trainer_args.get("precision", "32-true"),
+                          gradient_clip_val=trainer_args.get("gradient_clip_val"), max_steps=warmup + steps,
+                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                          default_root_dir=root_dir, callbacks=[timer])
+        trainer.fit(module, datamodule=data)
+    del trainer, module, data
+    gc.collect()  # stops the loader's workers before the next run is timed
+    release_memory(device)
+    return {"pairs_per_s": batch_size / timer.step_time_s, "step_time_s": timer.step_time_s,
+            "first_step_s": timer.first_step_s}
+
+
+def pretrain_from_shards_case(device: torch.device, steps: int, warmup: int, shards: str | None,
+                              workdir: Path) -> dict:
+    """Case 5: the pretraining config trained from pair shards and from tensors in the same run.
+
+    On CPU the demo config (128 px, its own worker count, in each augmentation mode); on CUDA the
+    ViT-B config at 224 px from 4 and 8 workers. The ratio to the from-tensors run is what the data
+    pipeline costs the model.
+    """
+    config_path = VITB_CONFIG if device.type == "cuda" else CPU_DEMO_CONFIG
+    config = yaml.safe_load(config_path.read_text())
+    data_args = config["data"]["init_args"]
+    label = f"{data_args['image_size']}px"
+    if shards is None:
+        shards, shard_info = synthetic_shards(workdir, label, SYNTH_SOURCE_SIZE[label])
+    else:
+        shard_info = {"source": shards}
+    worker_counts = (4, 8) if device.type == "cuda" else (data_args["num_workers"],)
+    results = {"from_tensors": pretrain_run(config, device, steps, warmup, workdir, None)}
+    for mode in ("worker", "device"):
+        for workers in worker_counts:
+            data = pairs_in_mode(mode, **{**data_args, "train_shards": str(shards), "val_shards": None,
+                                          "num_workers": workers,
+                                          "epoch_pairs": data_args["batch_size"] * (warmup + steps)})
+            run = pretrain_run(config, device, steps, warmup, workdir, data)
+            run["vs_from_tensors"] = run["pairs_per_s"] / results["from_tensors"]["pairs_per_s"]
+            results[f"from_shards_{mode}_{workers}_workers"] = run
+    settings = {"config": repo_relative(config_path), "shards": shard_info, "warmup_steps": warmup,
+                "timed_steps": steps, "batch_size": data_args["batch_size"], "image_size": data_args["image_size"],
+                "trainer": "lightning Trainer with the config's precision and gradient_clip_val, no logger, "
+                           "checkpointing or validation; from_tensors: one random batch already on the device"}
     return {"settings": settings, "results": results}
 
 
@@ -802,6 +856,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=MODEL_WARMUP_STEPS,
                         help="untimed steps before each model case (the first one includes compilation)")
     parser.add_argument("--skip-data", action="store_true", help="skip the data pipeline case")
+    parser.add_argument("--skip-from-shards", action="store_true",
+                        help="skip training the pretraining config from shards vs from tensors")
     parser.add_argument("--no-compile", action="store_true", help="CUDA case: eager only, no torch.compile")
     parser.add_argument("--skip-vit", action="store_true", help="skip the CUDA ViT-B / ViT-L pretraining case")
     vit_names = [case.name for case in VIT_CASES]
@@ -838,10 +894,18 @@ def summary_line(report: dict, path: Path, seconds: float) -> str:
     if "skipped" in data:
         parts.append("data: skipped")
     else:
-        per_worker = ", ".join(f"{k} {v['pairs_per_s_per_worker']:.0f}" for k, v in data["results"].items())
+        per_worker = ", ".join(f"{k} {v['pairs_per_s_per_worker']:.0f} ({v['speedup_vs_per_sample']:.1f}x per-sample)"
+                               for k, v in data["results"].items())
         parts.append(f"data/worker {per_worker} pairs/s")
         if data.get("workers_to_feed"):
             parts.append("workers to feed " + ", ".join(f"{k} {v}" for k, v in data["workers_to_feed"].items()))
+    from_shards = cases["pretrain_from_shards"]
+    if "skipped" in from_shards:
+        parts.append("from shards: skipped")
+    else:
+        ratios = ", ".join(f"{name.removeprefix('from_shards_')} {run['vs_from_tensors']:.2f}x"
+                           for name, run in from_shards["results"].items() if "vs_from_tensors" in run)
+        parts.append(f"from shards vs tensors {ratios}")
     finetune = cases["finetune_train"]
     if "skipped" in finetune:
         parts.append("finetune: skipped")
@@ -863,10 +927,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "load_average_1min": {"start": load_average()}, "cases": {}}
     cases = report["cases"]
 
-    print(f"[1/4] CPU demo model training on {device_info['name']}", file=sys.stderr)
+    print(f"[1/5] CPU demo model training on {device_info['name']}", file=sys.stderr)
     cases["cpu_demo_train"] = cpu_demo_case(device, device_info, args.steps, args.warmup)
 
-    print("[2/4] ViT-B / ViT-L pretraining (CUDA only)", file=sys.stderr)
+    print("[2/5] ViT-B / ViT-L pretraining (CUDA only)", file=sys.stderr)
     if args.skip_vit:
         cases["vit_pretrain"] = {"skipped": "--skip-vit"}
     elif device.type == "cuda":
@@ -877,11 +941,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         cases["vit_pretrain"] = {"skipped": "needs a CUDA device (bf16 ViT-B/L steps are not meaningful on CPU)"}
 
-    print("[3/4] data pipeline", file=sys.stderr)
-    if args.skip_data:
-        cases["data_pipeline"] = {"skipped": "--skip-data"}
-    else:
-        with tempfile.TemporaryDirectory(prefix="crocoman-bench-") as workdir:
+    print("[3/5] data pipeline", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="crocoman-bench-") as workdir:
+        if args.skip_data:
+            cases["data_pipeline"] = {"skipped": "--skip-data"}
+        else:
             try:
                 cases["data_pipeline"] = data_case(args.steps, args.shards, Path(workdir))
             except ShardsUnavailable as error:
@@ -892,7 +956,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "ceil(model pairs/s / pairs/s of one loader worker), model from this file's cases; on a CPU "
                 "device the workers compete with the model for the same cores, so read it as a lower bound")
 
-    print(f"[4/4] fine-tuning modules ({device.type} configs)", file=sys.stderr)
+        print("[4/5] pretraining from shards vs from tensors", file=sys.stderr)
+        if args.skip_from_shards:
+            cases["pretrain_from_shards"] = {"skipped": "--skip-from-shards"}
+        else:
+            try:
+                cases["pretrain_from_shards"] = pretrain_from_shards_case(device, args.steps, args.warmup, args.shards,
+                                                                          Path(workdir))
+            except ShardsUnavailable as error:
+                cases["pretrain_from_shards"] = {"skipped": str(error)}
+
+    print(f"[5/5] fine-tuning modules ({device.type} configs)", file=sys.stderr)
     if args.skip_finetune:
         cases["finetune_train"] = {"skipped": "--skip-finetune"}
     else:

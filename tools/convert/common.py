@@ -31,7 +31,7 @@ import webdataset as wds
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from tqdm import tqdm
 
-from datamodules.labelled import Box, crop_affine
+from datamodules.decode import Box, crop_affine
 from tools.synth.shards import check_at_least, jpeg_bytes, png_bytes
 
 VERSION = "crocoman-convert/1"
