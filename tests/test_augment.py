@@ -81,7 +81,9 @@ def test_both_jitters_equal_torchvision_colour_ops(group):
     on_device = jitter_batch(images, params)
     in_worker = torch.stack([torch.from_numpy(jitter_pixels(p, q)).permute(2, 0, 1) for p, q in zip(pictures, params)])
     assert (on_device - reference).abs().max() < 1e-3
-    assert (in_worker.float() / 255 - reference).abs().max() <= 1 / 255  # one rounding at the end
+    worker_error = in_worker.float() / 255 - reference  # rounded to 8 bits after each op, as torchvision's uint8 path
+    assert worker_error.abs().max() <= 4 / 255 and worker_error.abs().mean() < 0.5 / 255
+    assert worker_error.mean().abs() < 0.1 / 255  # no drift (torchvision's own uint8 path truncates)
     assert (reference - images).abs().mean() > 0.02  # the jitter did change the pictures
 
 
@@ -176,8 +178,8 @@ def test_device_and_worker_jitter_give_the_same_batches(group):
     """The two modes draw the same crops and parameters from the same generator; only where the jitter runs differs."""
     worker = finished_pairs(PairDataModule("unused", image_size=SIZE, augment_on="worker"), group, 8, seed=5)
     device = finished_pairs(PairDataModule("unused", image_size=SIZE, augment_on="device"), group, 8, seed=5)
-    assert (worker["image1"] - device["image1"]).abs().max() <= 1.5 / 255
-    assert (worker["image2"] - device["image2"]).abs().max() <= 1.5 / 255
+    for key in ("image1", "image2"):  # the worker rounds to 8 bits after each op
+        assert (worker[key] - device[key]).abs().max() <= 4 / 255 and (worker[key] - device[key]).abs().mean() < 0.5 / 255
     assert torch.equal(worker["person1"], device["person1"])
 
 

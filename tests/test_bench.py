@@ -91,7 +91,7 @@ def test_peak_table():
 
 
 def test_bench_on_cpu_writes_the_result_file(tmp_path, pair_shards):
-    report = bench.main(["--out", str(tmp_path), "--steps", "1", "--warmup", "1", "--device", "cpu",
+    report = bench.run_bench(["--out", str(tmp_path), "--steps", "1", "--warmup", "1", "--device", "cpu",
                          "--shards", str(pair_shards / "train"), "--finetune", "gesture"])
     files = list(tmp_path.glob("*.json"))
     assert [f.name for f in files] == [f"{report['device']['slug']}.json"]
@@ -169,7 +169,7 @@ def test_vit_case_code_path_on_cpu():
 
 
 def test_skip_data(tmp_path):
-    report = bench.main(["--out", str(tmp_path), "--steps", "1", "--warmup", "0", "--device", "cpu", "--skip-data",
+    report = bench.run_bench(["--out", str(tmp_path), "--steps", "1", "--warmup", "0", "--device", "cpu", "--skip-data",
                          "--skip-from-shards", "--skip-finetune", "--skip-vit"])
     assert report["cases"]["data_pipeline"] == {"skipped": "--skip-data"}
     assert report["cases"]["pretrain_from_shards"] == {"skipped": "--skip-from-shards"}

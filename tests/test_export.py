@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from backbone.weights import build_from_croco, load_into_timm
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL, data_args
-from tools.export import main as export
+from tools.export import export
 from tools.main import main
 
 

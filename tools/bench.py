@@ -737,7 +737,8 @@ def data_case(steps: int, shards: str | None, workdir: Path) -> dict:
     the demo's 128 px, against the replaced per-sample path in the same run; and per stage, where a
     pair's time goes in each mode."""
     configs = {"224px": VITB_CONFIG, "128px": CPU_DEMO_CONFIG}
-    settings = {"warmup_batches": DATA_WARMUP_BATCHES, "timed_batches": steps, "workers": 1, "torch_threads": 1,
+    settings = {"warmup_batches": f"at least {DATA_WARMUP_BATCHES}, and until the shuffle buffer is full (each "
+                                  f"result says how many)", "timed_batches": steps, "workers": 1, "torch_threads": 1,
                 "modes": {"per_sample": "the replaced pipeline: PIL decode, torchvision crop + jitter per sample, "
                                         "float out of the worker",
                           "worker": "OpenCV decode + crop + jitter on uint8 in the worker (the default)",
@@ -811,6 +812,8 @@ def pretrain_from_shards_case(device: torch.device, steps: int, warmup: int, sha
     else:
         shard_info = {"source": shards}
     worker_counts = (4, 8) if device.type == "cuda" else (data_args["num_workers"],)
+    # warm up until the shuffle buffer is full: until then webdataset reads two groups per pair
+    warmup = max(warmup, -(-data_args["shuffle_buffer"] // data_args["batch_size"]) + 1)
     results = {"from_tensors": pretrain_run(config, device, steps, warmup, workdir, None)}
     for mode in ("worker", "device"):
         for workers in worker_counts:
@@ -915,7 +918,7 @@ def summary_line(report: dict, path: Path, seconds: float) -> str:
     return f"crocoman-bench: {'; '.join(parts)} -> {path} ({seconds:.0f} s)"
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def run_bench(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark cases, write ``<out>/<device>.json`` and return its content."""
     args = parse_args(argv)
     began = time.perf_counter()
@@ -980,6 +983,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(report["summary"])
     return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``crocoman-bench`` entry point (console scripts exit with what it returns, so: nothing)."""
+    run_bench(argv)
 
 
 if __name__ == "__main__":

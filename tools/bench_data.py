@@ -71,8 +71,13 @@ def pairs_in_mode(mode: str, **data_args) -> PairDataModule:
 def loader_throughput(shards: str, data_args: dict, mode: str, num_workers: int, batches: int,
                       warmup_batches: int = 1) -> dict:
     """Pairs per second out of ``PairDataModule.train_dataloader()`` in ``mode``: what the workers hand
-    over (in ``device`` mode the jitter and float conversion are left to the training device)."""
+    over (in ``device`` mode the jitter and float conversion are left to the training device).
+
+    Timed in the steady state: the warm-up runs until the shuffle buffer is full, since until then
+    webdataset reads two groups for every pair it hands out.
+    """
     batch_size = data_args["batch_size"]
+    warmup_batches = max(warmup_batches, -(-data_args.get("shuffle_buffer", 1000) // batch_size) + 1)
     datamodule = pairs_in_mode(mode, **{**data_args, "train_shards": shards, "val_shards": None,
                                         "num_workers": num_workers,
                                         "epoch_pairs": batch_size * (warmup_batches + batches)})
@@ -94,7 +99,7 @@ def loader_throughput(shards: str, data_args: dict, mode: str, num_workers: int,
         del loader
         gc.collect()
     return {"pairs_per_s": batch_size * batches / elapsed, "batch_time_s": elapsed / batches,
-            "first_batch_s": (first - started) / max(warmup_batches, 1)}
+            "warmup_batches": warmup_batches, "warmup_s": first - started}
 
 
 class StageClock:

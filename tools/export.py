@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from backbone.weights import export_timm, load_croco, to_croco_checkpoint
 
 
-def main(argv: list[str] | None = None) -> Path:
+def export(argv: list[str] | None = None) -> Path:
+    """Write the exported encoder and return its path."""
     parser = argparse.ArgumentParser(prog="crocoman-export", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="the run's config.yaml")
     parser.add_argument("--checkpoint", required=True, type=Path, help="a .ckpt of that run")
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> Path:
         save_file({k: v.contiguous() for k, v in export_timm(backbone).items()}, args.out)
     print(f"crocoman-export: {report.source} ({len(report.matched)} tensors) -> {args.out} ({args.format})")
     return args.out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``crocoman-export`` entry point (console scripts exit with what it returns, so: nothing)."""
+    export(argv)
 
 
 if __name__ == "__main__":
