@@ -126,6 +126,7 @@ def crop_affine(box: Box, size: int) -> Tensor:
 
 
 def to_tensor(pixels: np.ndarray) -> Tensor:
-    """uint8 (H, W, C) or (H, W) pixels as a contiguous (C, H, W) or (H, W) uint8 tensor."""
+    """uint8 (H, W, C) or (H, W) pixels as a (C, H, W) or (H, W) uint8 tensor: a view on the array, since
+    collation copies every sample into the batch anyway."""
     tensor = torch.from_numpy(np.ascontiguousarray(pixels))
-    return tensor.permute(2, 0, 1).contiguous() if tensor.ndim == 3 else tensor
+    return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor
