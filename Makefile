@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SYNTH := data/synth
+PROBE := data/synth_probe
 HAND_PAIRS := data/synth_hand_pairs
 BODIES := data/synth_bodies
 HANDS := data/synth_hands
@@ -24,9 +25,13 @@ install: $(INSTALLED)
 $(SYNTH)/manifest.json: | $(INSTALLED)
 	$(BIN)/crocoman-data synth --out $(SYNTH) --groups 1000 --val-groups 64 --groups-per-shard 50 --size 128 --workers 2
 
-data: $(SYNTH)/manifest.json
+# Held-out labelled people for the demo's online probes (lightning_modules.probes): 600 scored, rendered once.
+$(PROBE)/manifest.json: | $(INSTALLED)
+	$(BIN)/crocoman-data labelled --task body --out $(PROBE) --samples 20 --val-samples 600 --size 128 --workers 2 --no-vertices
 
-pretrain: $(INSTALLED) $(SYNTH)/manifest.json
+data: $(SYNTH)/manifest.json $(PROBE)/manifest.json
+
+pretrain: $(INSTALLED) $(SYNTH)/manifest.json $(PROBE)/manifest.json
 	$(CROCOMAN) fit -c configs/pretrain/cpu_demo.yaml
 
 $(HAND_PAIRS)/manifest.json: | $(INSTALLED)
@@ -37,7 +42,7 @@ pretrain-hand: $(INSTALLED) $(HAND_PAIRS)/manifest.json
 	$(CROCOMAN) fit -c configs/pretrain/cpu_demo_hand.yaml
 
 # Fine-tuning demos start from the CPU pretraining checkpoint; it is made first if missing.
-$(PRETRAINED): | $(INSTALLED) $(SYNTH)/manifest.json
+$(PRETRAINED): | $(INSTALLED) $(SYNTH)/manifest.json $(PROBE)/manifest.json
 	$(CROCOMAN) fit -c configs/pretrain/cpu_demo.yaml
 
 $(BODIES)/manifest.json: | $(INSTALLED)

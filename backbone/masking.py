@@ -28,14 +28,15 @@ class RandomMasking:
         return torch.ones(batch_size, grid[0] * grid[1], device=device)
 
     def __call__(self, batch_size: int, grid: tuple[int, int], person: Tensor | None = None,
-                 device: torch.device | str = "cpu") -> Tensor:
-        """Return a (B, rows, cols) bool mask, True = hidden.
+                 device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+        """Return a (B, rows, cols) bool mask, True = hidden, drawn from ``generator`` (default: the global one).
 
         Weighted sampling without replacement via the Gumbel-top-k trick: the k largest
         ``log(w) + Gumbel`` keys are an exact draw of k patches proportionally to w.
         """
         weights = self.patch_weights(batch_size, grid, person, torch.device(device))
-        gumbel = -torch.log(-torch.log(torch.rand_like(weights).clamp_min(1e-12)))
+        uniform = torch.rand(weights.shape, generator=generator, device=weights.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-12)))
         hidden = (weights.log() + gumbel).topk(self.num_masked(grid), dim=1).indices
         mask = torch.zeros_like(weights, dtype=torch.bool).scatter_(1, hidden, True)
         return mask.view(batch_size, *grid)

@@ -138,7 +138,7 @@ def train_loader(sources: list[list[str]], weights: list[float] | None, to_sampl
         wds.map(skips.attach),
     )
     loader = EpochLoader(dataset, seeds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                         worker_init_fn=seeds.seed_worker if num_workers > 0 else None)
+                         worker_init_fn=seeds.seed_worker if num_workers > 0 else None, generator=own_generator())
     # with_epoch cuts the stream; the length only lets Lightning show progress and count steps.
     return loader.with_epoch(batches_per_rank).with_length(batches_per_rank, silent=True)
 
@@ -166,4 +166,11 @@ def eval_loader(urls: list[str], to_sample: Callable[[dict], dict | list[dict]],
         .batched(batch_size, collation_fn=default_collate, partial=True)
         .map(skips.attach)
     )
-    return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+    return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                         generator=own_generator())
+
+
+def own_generator() -> torch.Generator:
+    """A DataLoader draws a base seed from its generator whenever it starts an iterator; with its own one
+    that draw leaves the training's global generator alone (workers seed themselves: ``StreamSeeds``)."""
+    return torch.Generator().manual_seed(0)

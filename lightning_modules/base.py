@@ -19,6 +19,7 @@ from torch.distributed.fsdp import fully_shard
 
 from backbone.weights import load_croco
 from heads.base import Head
+from lightning_modules.rng import every_rank_state, restore_rank_state
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -111,10 +112,26 @@ class CrocoTask(LightningModule):
         fully_shard(self, mesh=mesh)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Remember the W&B run, so that resuming this checkpoint continues the same run."""
+        """Remember the W&B run and every rank's random generators, so that resuming this checkpoint
+        continues the same run (``lightning_modules.rng``)."""
         for logger in self.loggers:
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint["wandb_run_id"] = logger.version
+        checkpoint["rng_states"] = every_rank_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_rng_states = checkpoint.get("rng_states")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Right before the first step after a resume: nothing that ran since the restore shifts the draws.
+        states, self._resumed_rng_states = getattr(self, "_resumed_rng_states", None), None
+        if states is not None:
+            restore_rank_state(states, self.global_rank)
+
+    def eval_generator(self, batch_idx: int, device: torch.device) -> torch.Generator:
+        """A generator of its own for an evaluation batch: the same masks at every validation (losses
+        compare across epochs), and no draw from the training generators."""
+        return torch.Generator(device).manual_seed(1_000_003 * self.global_rank + batch_idx)
 
     def load_pretrained(self, path: str) -> None:
         report = load_croco(path, self.backbone, self.head)

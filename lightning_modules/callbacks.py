@@ -59,6 +59,8 @@ class RunSummary(Callback):
             if isinstance(logger, WandbLogger):
                 mode = "offline" if logger._offline else "online"
                 lines.append(f"  W&B run ({mode}): {Path(logger.experiment.dir).parent}")
+        for callback in trainer.callbacks:  # e.g. OnlineProbes: scores beside their step-0 floor
+            lines.extend(getattr(callback, "summary_lines", list)())
         pictures = picture_dir(trainer)
         if pictures.exists():
             lines.append(f"  pictures: {pictures} ({len(list(pictures.glob('*.png')))} PNG)")

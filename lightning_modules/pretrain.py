@@ -1,5 +1,6 @@
 """Cross-view / cross-pose completion pretraining (CroCo-Man)."""
 
+import torch
 from torch import Tensor
 
 from backbone.masking import RandomMasking
@@ -41,11 +42,13 @@ class PretrainModule(CrocoTask):
         tokens2, pos2 = self.backbone.encode(image2)
         return self.head(self.backbone.decode(tokens1, pos1, tokens2, pos2, mask1))
 
-    def complete(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Mask image 1, predict its patches; returns the mask, the prediction and the loss terms."""
+    def complete(self, batch: dict[str, Tensor],
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Mask image 1 (drawing from ``generator``, default the global one), predict its patches;
+        returns the mask, the prediction and the loss terms."""
         image1 = batch["image1"]
         grid = self.backbone.image_grid(image1)
-        mask = self.masking(image1.shape[0], grid, batch.get("person1"), image1.device)
+        mask = self.masking(image1.shape[0], grid, batch.get("person1"), image1.device, generator)
         pred = self(image1, batch["image2"], mask, grid[0] * grid[1] - self.masking.num_masked(grid))
         per_sample = masked_patch_mse(pred, patchify(image1, self.backbone.patch_size), mask.flatten(1), self.norm_pix)
         return mask, pred, sum_by_pair_type(per_sample, batch["pair_type"], PAIR_TYPES)
@@ -67,18 +70,18 @@ class PretrainModule(CrocoTask):
         return self._log_losses(terms, "train", len(mask))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        mask, pred, terms = self.complete(batch)
+        mask, pred, terms = self.complete(batch, self.eval_generator(batch_idx, batch["image1"].device))
         self._log_losses(terms, "val", len(mask))
         if batch_idx == 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             self._log_reconstructions(batch, mask, pred, "val/reconstruction")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        mask, _, terms = self.complete(batch)
+        mask, _, terms = self.complete(batch, self.eval_generator(batch_idx, batch["image1"].device))
         self._log_losses(terms, "test", len(mask))
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Image 1 completed (hidden patches predicted, visible ones copied), with its mask."""
-        mask, pred, _ = self.complete(batch)
+        mask, pred, _ = self.complete(batch, self.eval_generator(batch_idx, batch["image1"].device))
         return {"reconstruction": reconstruct_pixels(batch["image1"], mask, pred, self.backbone.patch_size,
                                                      self.norm_pix), "mask": mask}
 

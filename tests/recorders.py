@@ -76,6 +76,17 @@ class KillAtStep(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class StopAtStep(Callback):
+    """Ends training cleanly after optimizer step ``step`` on every rank: a job whose time ran out."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
 class FailOnRank(Callback):
     """Raises on one rank at one step: a crashed worker that the rest of the job must not wait for."""
 

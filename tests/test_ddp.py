@@ -116,3 +116,27 @@ def test_fsdp2_runs_resume_from_their_distributed_checkpoint_and_wandb_run(ddp_s
     report = load_encoder(last, backbone)
     assert report.matched and not report.missing and not report.shape_mismatched
     assert not torch.equal(backbone.enc_blocks[0].attn.qkv.weight, initial)
+
+
+def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path):
+    """Stopped after step 6 of 12 and resumed from its last checkpoint: on both ranks, every step's loss is
+    the one the uninterrupted run logged."""
+    stream = "--trainer.callbacks+=tests.recorders.TrainStream"
+    uninterrupted, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
+    for workdir in uninterrupted, stopped:
+        workdir.mkdir()
+    assert run_two_ranks(ddp_shards, "ddp.yaml", uninterrupted, stream, "--trainer.max_steps=12").returncode == 0
+    assert run_two_ranks(ddp_shards, "ddp.yaml", stopped, stream, "--trainer.max_steps=12",
+                         "--trainer.callbacks+=tests.recorders.StopAtStep", "--trainer.callbacks.step=6").returncode == 0
+    resumed = run_two_ranks(ddp_shards, "ddp.yaml", stopped, stream, "--trainer.max_steps=12", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = (stopped / "stream-rank0.jsonl").read_text().splitlines()
+    assert len(lines) < 6 + 12  # the second run continued from a checkpoint, it did not start over
+    for rank in range(2):
+        reference, rerun = ({json.loads(line)["step"]: json.loads(line) for line in
+                             (workdir / f"stream-rank{rank}.jsonl").read_text().splitlines()}
+                            for workdir in (uninterrupted, stopped))
+        assert sorted(reference) == sorted(rerun) == list(range(1, 13))
+        for step in range(1, 13):
+            assert rerun[step]["keys"] == reference[step]["keys"], (rank, step)
+            assert rerun[step]["loss"] == reference[step]["loss"], (rank, step)

@@ -71,15 +71,28 @@ def killed_then_resumed(pair_shards, tmp_path_factory, request):
     return root, killed, resumed
 
 
-def test_resumed_run_reads_the_data_an_uninterrupted_run_reads(killed_then_resumed):
-    """Same samples, same order, same augmentation: the stream continues mid-epoch, no replay."""
+def test_resumed_run_is_the_uninterrupted_run(killed_then_resumed):
+    """Same samples, same order, same augmentation, same masks: every step's loss is the uninterrupted
+    run's, and the run ends with the same weights, optimiser state and learning rate."""
     root = killed_then_resumed[0]
     killed, resumed, reference = (streamed(root / name) for name in ("killed", "resumed", "uninterrupted"))
     assert sorted(killed) == list(range(1, 13)) and sorted(resumed) == list(range(11, 21))
     for step, record in [*killed.items(), *resumed.items()]:
         assert record["keys"] == reference[step]["keys"], step
         assert record["pixels"] == pytest.approx(reference[step]["pixels"], rel=1e-6), step
+        assert record["loss"] == reference[step]["loss"], step  # bit for bit: masks drawn as in one run
     assert reference[11]["keys"] != reference[1]["keys"]  # the stream moves on within the epoch
+    ends = [torch.load(path, weights_only=True) for path in (root / "checkpoints/last.ckpt",
+                                                            root / "uninterrupted/checkpoints/last.ckpt")]
+    assert ends[0]["global_step"] == ends[1]["global_step"] == 20
+    for name, tensor in ends[1]["state_dict"].items():
+        assert torch.equal(ends[0]["state_dict"][name], tensor), name
+    optimizers = [end["optimizer_states"][0] for end in ends]
+    assert optimizers[0]["param_groups"] == optimizers[1]["param_groups"]  # learning rates included
+    for index, state in optimizers[1]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(optimizers[0]["state"][index][key], value), (index, key)
+    assert ends[0]["lr_schedulers"] == ends[1]["lr_schedulers"]
 
 
 def test_killed_run_resumes_from_last_checkpoint(killed_then_resumed):

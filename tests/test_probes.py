@@ -1,0 +1,75 @@
+"""Online probes: closed-form ridge fits, scores that tell informative features from noise, and the
+callback logging probe/<name> at step 0 and at every validation of a real CLI run."""
+
+import csv
+
+import pytest
+import torch
+
+from lightning_modules.probes import OnlineProbes, pooled, ridge
+from tests.test_cli import REPO, TINY_MODEL, data_args
+from tools.main import main
+from tools.synth import write_labelled_shards
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def probe_shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe")
+    write_labelled_shards(out, 4, task="body", image_size=64, samples_per_shard=60, val_samples=90, vertices=False)
+    return out / "val"
+
+
+def test_ridge_recovers_a_linear_map_and_ignores_noise():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 12, generator=generator)
+    truth = torch.randn(12, 3, generator=generator)
+    targets = features @ truth + 0.5 + 0.01 * torch.randn(400, 3, generator=generator)
+    predicted = ridge(features[:300], targets[:300], features[300:])
+    assert (predicted - targets[300:]).abs().max() < 0.1
+    noise = ridge(torch.randn(300, 12, generator=generator), targets[:300], features[300:])
+    assert (noise - targets[300:]).abs().mean() > 10 * (predicted - targets[300:]).abs().mean()
+
+
+def test_probe_scores_tell_informative_tokens_from_noise(probe_shards):
+    """Tokens that carry each joint's heat and the 3D pose score near perfect; random tokens near chance."""
+    probes = OnlineProbes(str(probe_shards), samples=90)
+    probes.data = probes.load(64)
+    keypoints, joints = probes.data["keypoints_2d"], probes.data["keypoints_3d"][..., :3]
+    grid, size = (8, 8), 64  # 8 px tokens: the hottest token's centre is within PCK's 6.4 px of its joint
+    cell = size / 8
+    centres = torch.stack(torch.meshgrid((torch.arange(8) + 0.5) * cell - 0.5, (torch.arange(8) + 0.5) * cell - 0.5,
+                                         indexing="ij"), -1).flip(-1).reshape(-1, 2)
+    heat = torch.exp(-(centres[None, :, None] - keypoints[:, None, :, :2]).square().sum(-1) / (2 * cell**2))
+    pose = (joints - joints[:, :1]).flatten(1)[:, None].expand(-1, 64, -1)  # every token knows the pose
+    informative = torch.cat([heat, pose], -1)
+    noise = torch.randn_like(informative)
+    good, bad = probes.scores(informative, grid), probes.scores(noise, grid)
+    assert good["keypoints_2d_pck"] > 0.9 and bad["keypoints_2d_pck"] < 0.5
+    assert good["joints_3d_mpjpe_mm"] < 5 and bad["joints_3d_mpjpe_mm"] > 50
+    assert good["joints_3d_pa_mpjpe_mm"] <= good["joints_3d_mpjpe_mm"] + 1e-3
+    assert pooled(informative, grid).shape == (90, 5 * informative.shape[-1])
+
+
+def test_a_pretraining_run_logs_probes_at_step_zero_and_every_validation(pair_shards, probe_shards, tmp_path,
+                                                                        monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
+          "--trainer.max_steps=4", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+          "--trainer.logger.save_dir=logs", "--trainer.callbacks+=lightning_modules.probes.OnlineProbes",
+          f"--trainer.callbacks.shards={probe_shards}", "--trainer.callbacks.samples=60"])
+    with open(tmp_path / "logs/lightning_logs/version_0/metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("probe/keypoints_2d_pck")]
+    assert [int(row["step"]) for row in rows] == [0, 2, 4]  # the floor, then each epoch's validation
+    for row in rows:
+        assert 0 <= float(row["probe/keypoints_2d_pck"]) <= 1 and float(row["probe/joints_3d_mpjpe_mm"]) > 0
+    assert "probes (step 0 -> 4): keypoints_2d_pck" in capsys.readouterr().out
+
+
+def test_missing_probe_shards_train_without_probes_or_fail_when_asked(tmp_path, caplog):
+    probes = OnlineProbes(str(tmp_path / "nowhere"))
+    assert probes.load(64) is None
+    assert "online probes are off" in caplog.text and "crocoman-data labelled" in caplog.text
+    with pytest.raises(FileNotFoundError, match="no shards found"):
+        OnlineProbes(str(tmp_path / "nowhere"), missing="error").load(64)
