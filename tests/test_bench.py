@@ -3,6 +3,9 @@
 import json
 import math
 import multiprocessing
+import os
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -178,6 +181,19 @@ def test_skip_data(tmp_path):
     assert "finetune: skipped" in report["summary"] and "ViT: skipped" in report["summary"]
     assert report["cases"]["cpu_demo_train"]["results"]["first_step_s"] is None
     assert "data: skipped" in report["summary"]
+
+
+def test_the_installed_command_exits_zero_after_writing_its_file(tmp_path):
+    """Run as users run it (a console script in its own process), so its exit status is the one make and
+    `set -e` scripts see."""
+    command = Path(sys.executable).parent / "crocoman-bench"
+    done = subprocess.run([command, "--out", str(tmp_path), "--steps", "1", "--warmup", "0", "--device", "cpu",
+                           "--skip-data", "--skip-from-shards", "--skip-finetune", "--skip-vit"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("crocoman-bench: cpu-") and len(list(tmp_path.glob("*.json"))) == 1
+    wrong = subprocess.run([command, "--steps", "0"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "--steps must be at least 1" in wrong.stderr
 
 
 def test_vit_b_case_is_the_vitb_config():

@@ -1,5 +1,10 @@
 """`crocoman-export` turns a run's checkpoint into files other code bases load."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import timm
 import torch
 from safetensors.torch import load_file
@@ -30,3 +35,14 @@ def test_export_croco_and_timm_from_a_trained_run(pair_shards, tmp_path, monkeyp
                               num_heads=2)
     timm_report = load_into_timm(state, model)
     assert set(timm_report.missing) == {"cls_token", "head.weight", "head.bias"} and not timm_report.shape_mismatched
+
+    # As users run it: the installed command, in its own process, exits 0 on success ...
+    command = Path(sys.executable).parent / "crocoman-export"
+    done = subprocess.run([command, *common, "--format", "timm", "--out", "cli.safetensors"], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "cli.safetensors").is_file() and done.stderr.strip() == ""
+    # ... and non-zero, naming the file, when the checkpoint is not there.
+    failed = subprocess.run([command, "--config", str(run / "config.yaml"), "--checkpoint", "missing.ckpt",
+                             "--format", "timm", "--out", "x.safetensors"], capture_output=True, text=True)
+    assert failed.returncode != 0 and "missing.ckpt" in failed.stderr
