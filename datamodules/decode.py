@@ -108,9 +108,14 @@ def decode_warp(data: bytes, affine: Tensor, size: int) -> np.ndarray:
     # a reduced pixel q sits at source r q + (r - 1) / 2
     to_source = torch.tensor([[reduce, 0.0, (reduce - 1) / 2], [0.0, reduce, (reduce - 1) / 2], [0.0, 0.0, 1.0]],
                              dtype=torch.float64)
-    matrix = (affine.double() @ to_source)[:2].numpy()
-    return cv2.warpAffine(pixels, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=(0, 0, 0))
+    return warp_pixels(pixels, affine.double() @ to_source, size)
+
+
+def warp_pixels(pixels: np.ndarray, affine: Tensor, size: int, nearest: bool = False) -> np.ndarray:
+    """``pixels`` resampled so that pixel p lands on ``affine @ p`` in a ``size`` x ``size`` output, zero
+    outside; bilinear, or nearest for label maps (a warp rounds the mapped pixel centre: exact)."""
+    return cv2.warpAffine(pixels, affine[:2].double().numpy(), (size, size), borderMode=cv2.BORDER_CONSTANT,
+                          flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR, borderValue=0)
 
 
 def crop_affine(box: Box, size: int) -> Tensor:

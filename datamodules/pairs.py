@@ -12,8 +12,10 @@ its FLOPs and the image-1 distribution identical to the pair arms while carrying
 """
 
 import json
+import math
 import random
 import zlib
+from functools import partial
 
 import numpy as np
 import torch
@@ -21,7 +23,17 @@ from torch import Tensor
 
 from datamodules.base import ShardDataModule
 from datamodules.color import draw_jitter, jitter_pixels
-from datamodules.decode import Box, decode, decode_crop, image_size, random_box, resized_crop, to_tensor
+from datamodules.decode import (
+    crop_affine,
+    decode,
+    decode_crop,
+    decode_warp,
+    image_size,
+    random_box,
+    resized_crop,
+    to_tensor,
+    warp_pixels,
+)
 
 CROSS_VIEW, CROSS_POSE, SINGLE_IMAGE = 0, 1, 2  # pair_type values (lightning_modules.PAIR_TYPES names them)
 
@@ -71,6 +83,23 @@ def person_mask(sample: dict, frame: dict, size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def person_box(sample: dict, frame: dict, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(x, y, w, h) of the person in a frame of ``size`` (width, height): its ``bbox``, else the
+    silhouette's bounds, else the whole frame."""
+    if frame.get("bbox"):
+        return tuple(float(v) for v in frame["bbox"])
+    if frame.get("mask"):
+        rows, cols = np.nonzero(person_mask(sample, frame, size))
+        if len(rows):
+            left, top = float(cols.min()), float(rows.min())
+            return left, top, float(cols.max()) + 1 - left, float(rows.max()) + 1 - top
+    return 0.0, 0.0, float(size[0]), float(size[1])
+
+
+PERSON_SCALE = (0.8, 1.25)  # person crops: side times a log-uniform factor in this range when augmenting
+PERSON_SHIFT = 0.1  # and the centre moved by up to this fraction of the side, along each axis
+
+
 class PairSampler:
     """Turns one group sample into a training pair, decoding only the two chosen frames (a map stage).
 
@@ -82,7 +111,8 @@ class PairSampler:
 
     def __init__(self, image_size: int, cross_view_ratio: float, time_gap: tuple[int, int], augment: bool,
                  independent_augmentation: bool, crop_scale: tuple[float, float], color_jitter: float,
-                 deterministic: bool, single_image: bool = False, jitter_on_device: bool = False) -> None:
+                 deterministic: bool, single_image: bool = False, jitter_on_device: bool = False,
+                 person_crop: float | None = None) -> None:
         self.image_size = image_size
         self.cross_view_ratio = cross_view_ratio
         self.single_image = single_image
@@ -93,23 +123,43 @@ class PairSampler:
         self.color_jitter = color_jitter
         self.deterministic = deterministic
         self.jitter_on_device = jitter_on_device
+        self.person_crop = person_crop
 
-    def draw(self, width: int, height: int) -> tuple[Box, Tensor | None]:
-        """A crop box and jitter parameters (the whole frame and none without augmentation)."""
+    def draw(self, width: int, height: int) -> tuple[tuple, Tensor | None]:
+        """The framing and the colour jitter's parameters (none without augmentation). The framing is a crop
+        box, or with ``person_crop`` the (scale, x shift, y shift) of the square around the person."""
+        jitter = draw_jitter(self.color_jitter, self.color_jitter / 4) if self.augment else None
+        if self.person_crop is None:
+            return (random_box(width, height, self.crop_scale) if self.augment else (0, 0, height, width)), jitter
         if not self.augment:
-            return (0, 0, height, width), None
-        return random_box(width, height, self.crop_scale), draw_jitter(self.color_jitter, self.color_jitter / 4)
+            return (1.0, 0.0, 0.0), None
+        low, high = (math.log(v) for v in PERSON_SCALE)
+        return (math.exp(random.uniform(low, high)), *(random.uniform(-PERSON_SHIFT, PERSON_SHIFT) for _ in "xy")), jitter
 
-    def view(self, sample: dict, frame: dict, augmentation: tuple[Box, Tensor | None] | None,
-             with_mask: bool) -> tuple[dict[str, Tensor], tuple[Box, Tensor | None]]:
+    def person_affine(self, sample: dict, frame: dict, size: tuple[int, int], framing: tuple) -> Tensor:
+        """Source pixels -> the square of ``person_crop`` times the person's longer side, as ``framing`` moves it."""
+        scale, shift_x, shift_y = framing
+        x, y, w, h = person_box(sample, frame, size)
+        side = self.person_crop * max(w, h) * scale
+        left, top = x + w / 2 - side / 2 + shift_x * side, y + h / 2 - side / 2 + shift_y * side
+        return crop_affine((top, left, side, side), self.image_size)
+
+    def view(self, sample: dict, frame: dict, augmentation: tuple[tuple, Tensor | None] | None,
+             with_mask: bool) -> tuple[dict[str, Tensor], tuple[tuple, Tensor | None]]:
         """One frame as uint8 ``image`` (3, S, S) (+ ``jitter`` parameters, + ``person`` (S, S) bool), and the
         augmentation it got (reused for the second image when both share one)."""
         data = sample[frame["name"]]
         width, height = image_size(data)
         if augmentation is None:
             augmentation = self.draw(width, height)
-        box, jitter = augmentation
-        pixels, box = decode_crop(data, box, self.image_size)
+        framing, jitter = augmentation
+        if self.person_crop is None:
+            pixels, box = decode_crop(data, framing, self.image_size)
+            cut = partial(resized_crop, box=box, size=self.image_size, nearest=True)
+        else:  # the square may reach past the frame: black there, as in the mesh crops
+            affine = self.person_affine(sample, frame, (width, height), framing)
+            pixels = decode_warp(data, affine, self.image_size)
+            cut = partial(warp_pixels, affine=affine, size=self.image_size, nearest=True)
         out = {}
         if jitter is not None and self.jitter_on_device:
             out["jitter"] = jitter
@@ -117,8 +167,7 @@ class PairSampler:
             pixels = jitter_pixels(pixels, jitter)
         out["image"] = to_tensor(pixels)
         if with_mask:
-            mask = resized_crop(person_mask(sample, frame, (width, height)), box, self.image_size, nearest=True)
-            out["person"] = to_tensor(mask).bool()
+            out["person"] = to_tensor(cut(person_mask(sample, frame, (width, height)))).bool()
         return out, augmentation
 
     def __call__(self, sample: dict) -> dict[str, Tensor]:
@@ -167,6 +216,11 @@ class PairDataModule(ShardDataModule):
             keeps the accelerator free and costs ~0.15 ms a 224 px image) or ``device`` (batched on
             the batch's device after the transfer, for nodes with few CPU cores per GPU). Crops are
             always cut in the workers, where the reduced-size JPEG decode pays.
+        person_crop: frame the person instead of cropping the frame at random: a square this many times
+            the person box's longer side (its ``bbox``, else the silhouette's bounds), centred on it, as
+            human-centric datasets frame people; when augmenting, its side varies by a log-uniform
+            factor in ``PERSON_SCALE`` and its centre by ``PERSON_SHIFT`` of the side (``crop_scale`` is
+            then unused). Validation uses the exact square.
     """
 
     image_keys = ("image1", "image2")
@@ -190,6 +244,7 @@ class PairDataModule(ShardDataModule):
         color_jitter: float = 0.4,
         single_image: bool = False,
         augment_on: str = "worker",
+        person_crop: float | None = None,
     ) -> None:
         super().__init__(batch_size, augment_on)
         self.save_hyperparameters()
@@ -199,7 +254,7 @@ class PairDataModule(ShardDataModule):
         return PairSampler(hp.image_size, hp.cross_view_ratio, tuple(hp.time_gap), augment=train and hp.augment,
                            independent_augmentation=hp.independent_augmentation, crop_scale=hp.crop_scale,
                            color_jitter=hp.color_jitter, deterministic=not train, single_image=hp.single_image,
-                           jitter_on_device=self.augment_on == "device")
+                           jitter_on_device=self.augment_on == "device", person_crop=hp.person_crop)
 
     def samples_per_epoch(self) -> int:
         return self.hparams.epoch_pairs

@@ -156,15 +156,16 @@ def centroids(weights: torch.Tensor) -> torch.Tensor:
     return torch.stack([(weights * cols).sum((1, 2)) / total, (weights * rows).sum((1, 2)) / total], 1)
 
 
-@pytest.mark.parametrize("augment_on", ["worker", "device"])
-def test_person_masks_stay_on_their_pixels(group, augment_on):
+@pytest.mark.parametrize(("augment_on", "person_crop"), [("worker", None), ("device", None), ("worker", 1.3)])
+def test_person_masks_stay_on_their_pixels(group, augment_on, person_crop):
     """Frames whose picture is their own silhouette: after crops and jitter, the picture's bright mass sits
     where the mask is. Offsets average out to zero (a mask one pixel off would average one pixel);
     single crops scatter by a few tenths of a pixel, the nearest-neighbour sampling of thin limbs."""
     names = json.loads(group["group.json"])["frames"]
     silhouettes = [np.asarray(Image.open(io.BytesIO(group[f["mask"]])).convert("L")) for f in names]
     pictures = [png(np.repeat(s[..., None], 3, -1)) for s in silhouettes]
-    dm = PairDataModule("unused", image_size=SIZE, crop_scale=(0.3, 1.0), augment_on=augment_on)
+    dm = PairDataModule("unused", image_size=SIZE, crop_scale=(0.3, 1.0), augment_on=augment_on,
+                        person_crop=person_crop)
     batch = finished_pairs(dm, with_frames(group, pictures), 200, seed=0)
     grey, person = batch["image1"].mean(1), batch["person1"]
     assert person.any((1, 2)).all()
@@ -208,3 +209,17 @@ def test_truncated_and_undecodable_images_are_counted_skips(group, tmp_path):
     batches = list(dm.val_dataloader())
     skipped = dict(zip(SKIP_KINDS, sum(b[SKIPPED_KEY] for b in batches).tolist()))
     assert skipped["corrupt_image"] == 1 and sum(len(b["key"]) for b in batches) == 1
+
+
+@pytest.mark.parametrize("person_crop", [1.0, 2.0])
+def test_person_crops_frame_the_person(group, person_crop):
+    """Validation's person crop is the square of person_crop times the person's longer side, centred on it."""
+    dm = PairDataModule("unused", val_shards="unused", image_size=SIZE, person_crop=person_crop)
+    sampler = dm._sampler(train=False)
+    for frame in json.loads(group["group.json"])["frames"]:
+        view, _ = sampler.view(group, frame, None, with_mask=True)
+        rows, cols = view["person"].nonzero(as_tuple=True)
+        extent = max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1
+        assert extent == pytest.approx(SIZE / person_crop, abs=2.5)
+        for low, high in ((rows.min(), rows.max()), (cols.min(), cols.max())):
+            assert (low + high) / 2 == pytest.approx((SIZE - 1) / 2, abs=1.5)
