@@ -208,6 +208,11 @@ class OnlineProbes(Callback):
         scores = ", ".join(f"{name} {first[name]:.3g} -> {last[name]:.3g}" for name in last if name != "seconds_total")
         return [f"  probes (step {first_step} -> {last_step}): {scores}; {self.seconds:.0f} s in all"]
 
+    @property
+    def state_key(self) -> str:
+        """One per probe set, so a config may probe on several (say bodies and hands)."""
+        return self._generate_state_key(shards=self.shards)
+
     def state_dict(self) -> dict:
         return {"history": json.dumps(self.history), "seconds": self.seconds}
 

@@ -69,8 +69,11 @@ def test_missing_shards_are_reported_with_the_fix(tmp_path, monkeypatch):
 
 
 def assert_contains(parsed, snippet, path: str = "") -> None:
-    """Every key the snippet sets has the snippet's value in the parsed config (lists and scalars equal)."""
-    if isinstance(snippet, dict):
+    """Every key the snippet sets has the snippet's value in the parsed config (scalars equal; lists of
+    names, such as FSDP's wrap policies, which are sets of classes, equal in any order)."""
+    if isinstance(snippet, list) and all(isinstance(item, str) for item in snippet):
+        assert sorted(parsed) == sorted(snippet), f"{path}: parsed {parsed!r}, snippet {snippet!r}"
+    elif isinstance(snippet, dict):
         assert isinstance(parsed, dict), f"{path}: {parsed!r} is not a mapping"
         for key, value in snippet.items():
             assert key in parsed, f"{path}.{key} missing from the parsed config"
