@@ -15,10 +15,11 @@ the four applied in a random order, each result clamped to [0, 1]; grey is ITU-R
 
 import random
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
+
+from datamodules.decode import opencv
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # op ids, also their positions in the factor half
 JITTER_PARAMS = 8  # four factors, then the order the four ops run in
@@ -55,7 +56,7 @@ _RAMP = np.arange(256, dtype=np.float32)
 
 def _lookup(pixels: np.ndarray, scale: float, offset: float) -> np.ndarray:
     """``clamp(scale * v + offset)`` for every 8-bit value v, as one table lookup."""
-    return cv2.LUT(pixels, np.clip(_RAMP * scale + (offset + 0.5), 0.0, 255.0).astype(np.uint8))
+    return opencv().LUT(pixels, np.clip(_RAMP * scale + (offset + 0.5), 0.0, 255.0).astype(np.uint8))
 
 
 def _brightness_pixels(pixels: np.ndarray, factor: float) -> np.ndarray:
@@ -63,6 +64,7 @@ def _brightness_pixels(pixels: np.ndarray, factor: float) -> np.ndarray:
 
 
 def _contrast_pixels(pixels: np.ndarray, factor: float) -> np.ndarray:
+    cv2 = opencv()
     mean = cv2.mean(cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY))[0]
     return _lookup(pixels, factor, (1.0 - factor) * mean)
 
@@ -70,11 +72,12 @@ def _contrast_pixels(pixels: np.ndarray, factor: float) -> np.ndarray:
 def _saturation_pixels(pixels: np.ndarray, factor: float) -> np.ndarray:
     """Blend with grey as one 3x3 colour matrix: factor * I + (1 - factor) * luma rows (saturating)."""
     matrix = (1.0 - factor) * np.tile(np.array(_LUMA, np.float32), (3, 1)) + factor * np.eye(3, dtype=np.float32)
-    return cv2.transform(pixels, matrix)
+    return opencv().transform(pixels, matrix)
 
 
 def _hue_pixels(pixels: np.ndarray, shift: float) -> np.ndarray:
     """Float HSV (hue in degrees, continuous as torchvision's) and back: 8-bit HSV would quantise the hue."""
+    cv2 = opencv()
     image = np.multiply(pixels, np.float32(1.0 / 255.0), dtype=np.float32)
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
     hsv[..., 0] += 360.0 * (shift % 1.0)  # OpenCV wraps hues in [360, 720) back, not negative ones

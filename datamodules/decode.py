@@ -9,9 +9,9 @@ EXIF orientation is ignored, as PIL's decoder did: intrinsics and keypoints in o
 the stored pixel grid.
 """
 
+import functools
 import io
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -20,15 +20,27 @@ from torchvision.transforms import RandomResizedCrop
 
 Box = tuple[int, int, int, int]  # top, left, height, width in source pixels
 
-# One loader worker is one core: OpenCV's own thread pool would only oversubscribe the cores, and a
-# pool started before the DataLoader forks its workers can leave them waiting on threads that no
-# longer exist.
-cv2.setNumThreads(0)
 
-# RGB at full, 1/2, 1/4, 1/8 size (the reduced flags are BGR ones: swap their colour bit for RGB's)
-_READ_RGB = {r: (flag & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION for r, flag in
-             ((1, cv2.IMREAD_COLOR), (2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4),
-              (8, cv2.IMREAD_REDUCED_COLOR_8))}
+
+@functools.cache
+def opencv():
+    """OpenCV, imported where images are decoded (the loader workers), not when crocoman is imported: its
+    import starts a thread, and a training process should hold as few threads as it can when it forks
+    its loader workers (a fork taken while another thread holds a lock leaves the worker hung; seen in
+    the two-rank tests). One worker is one core, so OpenCV's own thread pool stays off."""
+    import cv2
+
+    cv2.setNumThreads(0)
+    return cv2
+
+
+@functools.cache
+def _read_flags(reduce: int) -> int:
+    """RGB at full, 1/2, 1/4 or 1/8 size (the reduced flags are BGR ones: swap their colour bit for RGB's)."""
+    cv2 = opencv()
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
+    return (flag & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -46,7 +58,8 @@ def decode(data: bytes, channels: int = 3, reduce: int = 1) -> np.ndarray:
     """
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
         raise OSError("JPEG data is truncated (no end-of-image marker)")
-    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION if channels == 1 else _READ_RGB[reduce]
+    cv2 = opencv()
+    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION if channels == 1 else _read_flags(reduce)
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if pixels is None:
         raise OSError(f"OpenCV cannot decode this image ({len(data)} bytes, starts {data[:8]!r})")
@@ -68,6 +81,7 @@ def reduction(box: Box, size: int) -> int:
 def resized_crop(pixels: np.ndarray, box: Box, size: int, nearest: bool = False) -> np.ndarray:
     """``box`` of ``pixels`` resized to ``size`` x ``size``: area averaging when shrinking (antialiased),
     bilinear when enlarging, pixel-centre nearest for label maps (part ids stay part ids)."""
+    cv2 = opencv()
     top, left, height, width = box
     region = pixels[top:top + height, left:left + width]
     if nearest:
@@ -114,6 +128,7 @@ def decode_warp(data: bytes, affine: Tensor, size: int) -> np.ndarray:
 def warp_pixels(pixels: np.ndarray, affine: Tensor, size: int, nearest: bool = False) -> np.ndarray:
     """``pixels`` resampled so that pixel p lands on ``affine @ p`` in a ``size`` x ``size`` output, zero
     outside; bilinear, or nearest for label maps (a warp rounds the mapped pixel centre: exact)."""
+    cv2 = opencv()
     return cv2.warpAffine(pixels, affine[:2].double().numpy(), (size, size), borderMode=cv2.BORDER_CONSTANT,
                           flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR, borderValue=0)
 
