@@ -3,7 +3,7 @@
 torchvision's ``ColorJitter`` on a uint8 tensor costs 1.2 ms a 128 px image and 3 ms a 224 px one on
 one core, most of it the hue shift: it was more than half of a pretraining pair's loader time. Here
 the parameters are drawn per image in the worker (from the worker's seeded generators, so a resumed
-run draws the same ones) and travel with the sample as a vector of ``JITTER_PARAMS`` numbers; the
+run draws the same ones) and travel with the sample as a vector of 8 numbers (``draw_jitter``); the
 jitter itself runs either in the worker on the image's uint8 pixels with OpenCV (``jitter_pixels``,
 ~0.3 ms at 224 px) or batched on the batch's device after the transfer (``jitter_batch``), which
 leaves the workers only decoding and cropping.
@@ -22,7 +22,6 @@ from torch import Tensor
 from datamodules.decode import opencv
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # op ids, also their positions in the factor half
-JITTER_PARAMS = 8  # four factors, then the order the four ops run in
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -37,15 +36,19 @@ def draw_jitter(strength: float, hue: float) -> Tensor:
     return torch.tensor([*factors, random.uniform(-hue, hue), *order], dtype=torch.float32)
 
 
-def jittered(pixels: np.ndarray, strength: float, on_device: bool, sample: dict, key: str) -> np.ndarray:
-    """Draw one image's jitter (hue gets a quarter of ``strength``, as in every crocoman DataModule) and
-    apply it to these uint8 pixels, or leave them as they are and put the parameters in
-    ``sample[f"{key}_jitter"]`` for the device."""
-    params = draw_jitter(strength, strength / 4)
+def jitter_or_defer(pixels: np.ndarray, params: Tensor, on_device: bool, sample: dict, key: str) -> np.ndarray:
+    """Apply ``params`` to these uint8 pixels, or leave them as they are and put the parameters in
+    ``sample[f"{key}_jitter"]``, where ``ShardDataModule.on_after_batch_transfer`` applies them."""
     if on_device:
         sample[f"{key}_jitter"] = params
         return pixels
     return jitter_pixels(pixels, params)
+
+
+def jittered(pixels: np.ndarray, strength: float, on_device: bool, sample: dict, key: str) -> np.ndarray:
+    """Draw one image's jitter (hue gets a quarter of ``strength``, as in every crocoman DataModule) and
+    ``jitter_or_defer`` it."""
+    return jitter_or_defer(pixels, draw_jitter(strength, strength / 4), on_device, sample, key)
 
 
 # Worker side: one (H, W, 3) uint8 image, each op rounded back to uint8 as torchvision's uint8 path does
@@ -128,7 +131,7 @@ _BATCH_OPS = {
 
 
 def jitter_batch(images: Tensor, params: Tensor) -> Tensor:
-    """Jitter a float batch in [0, 1] with per-image ``params`` (B, JITTER_PARAMS), on its own device.
+    """Jitter a float batch in [0, 1] with per-image ``params`` (B, 8), on its own device.
 
     At each of the four positions every op is evaluated and each image keeps the one its order names:
     no per-image indexing, so no host synchronisation on a GPU.

@@ -21,7 +21,6 @@ from torchvision.transforms import RandomResizedCrop
 Box = tuple[int, int, int, int]  # top, left, height, width in source pixels
 
 
-
 @functools.cache
 def opencv():
     """OpenCV, imported where images are decoded (the loader workers), not when crocoman is imported: its

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from datamodules.base import ShardDataModule
-from datamodules.color import draw_jitter, jitter_pixels
+from datamodules.color import draw_jitter, jitter_or_defer
 from datamodules.decode import (
     crop_affine,
     decode,
@@ -146,7 +146,7 @@ class PairSampler:
 
     def view(self, sample: dict, frame: dict, augmentation: tuple[tuple, Tensor | None] | None,
              with_mask: bool) -> tuple[dict[str, Tensor], tuple[tuple, Tensor | None]]:
-        """One frame as uint8 ``image`` (3, S, S) (+ ``jitter`` parameters, + ``person`` (S, S) bool), and the
+        """One frame as uint8 ``image`` (3, S, S) (+ ``image_jitter`` parameters, + ``person`` (S, S) bool), and the
         augmentation it got (reused for the second image when both share one)."""
         data = sample[frame["name"]]
         width, height = image_size(data)
@@ -161,10 +161,8 @@ class PairSampler:
             pixels = decode_warp(data, affine, self.image_size)
             cut = partial(warp_pixels, affine=affine, size=self.image_size, nearest=True)
         out = {}
-        if jitter is not None and self.jitter_on_device:
-            out["jitter"] = jitter
-        elif jitter is not None:
-            pixels = jitter_pixels(pixels, jitter)
+        if jitter is not None:
+            pixels = jitter_or_defer(pixels, jitter, self.jitter_on_device, out, "image")
         out["image"] = to_tensor(pixels)
         if with_mask:
             out["person"] = to_tensor(cut(person_mask(sample, frame, (width, height)))).bool()
@@ -183,8 +181,8 @@ class PairSampler:
         out = {"image1": first["image"], "image2": second["image"], "person1": first["person"],
                "pair_type": torch.tensor(pair_type), "key": sample["__key__"]}
         for name, view in (("image1", first), ("image2", second)):
-            if "jitter" in view:
-                out[f"{name}_jitter"] = view["jitter"]
+            if "image_jitter" in view:
+                out[f"{name}_jitter"] = view["image_jitter"]
         return out
 
 
@@ -213,7 +211,7 @@ class PairDataModule(ShardDataModule):
             decoder's cross-attention carries nothing about the hidden patches; the loss is logged
             under the pair type image 1 was drawn with.
         augment_on: where the colour jitter runs: ``worker`` (OpenCV on uint8 pixels, the default: it
-            keeps the accelerator free and costs ~0.15 ms a 224 px image) or ``device`` (batched on
+            keeps the accelerator free and costs ~0.3 ms a 224 px image) or ``device`` (batched on
             the batch's device after the transfer, for nodes with few CPU cores per GPU). Crops are
             always cut in the workers, where the reduced-size JPEG decode pays.
         person_crop: frame the person instead of cropping the frame at random: a square this many times

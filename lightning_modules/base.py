@@ -83,6 +83,7 @@ class CrocoTask(LightningModule):
         for name in [k for k, v in self.hparams.items() if not isinstance(v, plain)]:
             del self.hparams[name]
             del self._hparams_initial[name]
+        self._resumed_rng_states: list[dict] | None = None  # set by on_load_checkpoint, used once
         self.backbone = backbone
         self.head = head
         self.head.bind(backbone)
@@ -124,7 +125,7 @@ class CrocoTask(LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Right before the first step after a resume: nothing that ran since the restore shifts the draws.
-        states, self._resumed_rng_states = getattr(self, "_resumed_rng_states", None), None
+        states, self._resumed_rng_states = self._resumed_rng_states, None
         if states is not None:
             restore_rank_state(states, self.global_rank)
 

@@ -48,7 +48,7 @@ def every_rank_state() -> list[dict]:
 
 def restore_rank_state(states: list[dict], rank: int) -> bool:
     """Set this rank's saved state; a checkpoint from another number of ranks has none to give."""
-    if rank >= len(states) or len(states) != (dist.get_world_size() if dist.is_initialized() else 1):
+    if len(states) != (dist.get_world_size() if dist.is_initialized() else 1):
         warnings.warn(f"the checkpoint holds random states for {len(states)} ranks: this run's draws (masks, "
                       f"dropout) continue from fresh generators, so it is not the uninterrupted run", stacklevel=2)
         return False

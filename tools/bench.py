@@ -289,6 +289,15 @@ def random_person_masks(batch_size: int, size: int, generator: torch.Generator) 
     return (inside <= 1).float()
 
 
+def random_pair_batch(batch_size: int, image_size: int) -> dict[str, Tensor]:
+    """A pretraining batch of random images and ellipse person masks, the same for every case (seed 0)."""
+    generator = torch.Generator().manual_seed(0)
+    return {"image1": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
+            "image2": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
+            "person1": random_person_masks(batch_size, image_size, generator),
+            "pair_type": torch.zeros(batch_size, dtype=torch.long)}
+
+
 def repo_relative(path: Path) -> str:
     """A config's path as the result file records it: relative to the repository when inside it."""
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
@@ -323,12 +332,7 @@ def train_throughput(module: PretrainModule, batch_size: int, image_size: int, d
     no_decay = [f"backbone.{name}" for name in module.backbone.no_weight_decay()]
     optimizer = torch.optim.AdamW(param_groups_weight_decay(module, hp.weight_decay, no_decay), lr=hp.lr,
                                   betas=hp.betas, fused=device.type == "cuda")
-    generator = torch.Generator().manual_seed(0)
-    batch = {"image1": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
-             "image2": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
-             "person1": random_person_masks(batch_size, image_size, generator),
-             "pair_type": torch.zeros(batch_size, dtype=torch.long)}
-    batch = move_data_to_device(batch, device)
+    batch = move_data_to_device(random_pair_batch(batch_size, image_size), device)
     if compiled:
         torch._dynamo.reset()  # fresh caches per model, so earlier cases never push it to the recompile limit
         module.backbone.compile()
@@ -772,12 +776,8 @@ def pretrain_run(config: dict, device: torch.device, steps: int, warmup: int, ro
     data_args, trainer_args = config["data"]["init_args"], config.get("trainer", {})
     batch_size, image_size = data_args["batch_size"], data_args["image_size"]
     if data is None:
-        generator = torch.Generator().manual_seed(0)
-        batch = {"image1": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
-                 "image2": torch.rand(batch_size, 3, image_size, image_size, generator=generator),
-                 "person1": random_person_masks(batch_size, image_size, generator),
-                 "pair_type": torch.zeros(batch_size, dtype=torch.long)}
-        data = SyntheticBatches(move_data_to_device(batch, device), batch_size, warmup + steps)
+        batch = move_data_to_device(random_pair_batch(batch_size, image_size), device)
+        data = SyntheticBatches(batch, batch_size, warmup + steps)
     timer = StepTimer(warmup, steps, device, "pretraining from " + ("tensors" if isinstance(data, SyntheticBatches)
                                                                     else "shards"))
     with quiet_lightning():
