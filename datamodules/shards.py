@@ -131,7 +131,7 @@ def train_loader(sources: list[list[str]], weights: list[float] | None, to_sampl
     dataset = wds.DataPipeline(
         streams[0] if len(streams) == 1 else partial(_mixed, streams, weights, seeds),
         partial(_shuffled, buffer_size=shuffle_buffer, seeds=seeds),
-        wds.map(to_sample, handler=skips.sample_error),
+        wds.map(partial(_as_list, to_sample), handler=skips.sample_error),
         _each,
         wds.batched(batch_size, collation_fn=default_collate, partial=False),
         partial(_skip_resumed, seeds=seeds),
@@ -143,10 +143,18 @@ def train_loader(sources: list[list[str]], weights: list[float] | None, to_sampl
     return loader.with_epoch(batches_per_rank).with_length(batches_per_rank, silent=True)
 
 
+def _as_list(to_sample: Callable[[dict], dict | list[dict]], sample: dict) -> list[dict]:
+    """``to_sample``'s samples as a list: webdataset's map adds the tar sample's ``__key__`` to a dict result
+    but not to a list, and one image of one person among images of several would then leave the batch's
+    samples with different keys (``default_collate`` fails on them)."""
+    result = to_sample(sample)
+    return result if isinstance(result, list) else [result]
+
+
 def _each(samples):
     """Samples one at a time, where a map stage turned one tar sample into a list (an image of several people)."""
     for sample in samples:
-        yield from sample if isinstance(sample, list) else (sample,)
+        yield from sample
 
 
 def eval_loader(urls: list[str], to_sample: Callable[[dict], dict | list[dict]], batch_size: int, num_workers: int,
@@ -161,7 +169,7 @@ def eval_loader(urls: list[str], to_sample: Callable[[dict], dict | list[dict]],
     dataset = (
         wds.WebDataset(urls, resampled=False, shardshuffle=False, nodesplitter=wds.split_by_node,
                        handler=skips.shard_error)
-        .map(to_sample, handler=skips.sample_error)
+        .map(partial(_as_list, to_sample), handler=skips.sample_error)
         .compose(_each)
         .batched(batch_size, collation_fn=default_collate, partial=True)
         .map(skips.attach)

@@ -350,9 +350,10 @@ def test_vertex_mirror_map_needs_a_symmetric_template(body_shards: Path, body_mo
         assert error_m.median() < 0.01 and (error_m < 0.02).float().mean() > 0.95
 
 
-def _hmr_tar(path: Path, hand: bool) -> tuple[list[dict], tuple[int, int]]:
-    """A tar in 4D-Humans/HaMeR layout: noise image, pickled labels of two people whose 2D keypoints are the
-    exact projections of their 3D ones with the fixed-focal camera of their boxes."""
+def _hmr_tar(path: Path, hand: bool, people_per_image: tuple[int, ...] = (2,)) -> tuple[list[dict], tuple[int, int]]:
+    """A tar in 4D-Humans/HaMeR layout: noise images ``img000``, ``img001`` ... holding the first n of two
+    people each (pickled labels), whose 2D keypoints are the exact projections of their 3D ones with the
+    fixed-focal camera of their boxes."""
     generator = np.random.default_rng(0)
     height, width = 120, 160
     names = HAMER_HAND_KEYPOINTS if hand else HMR_BODY_KEYPOINTS
@@ -380,7 +381,8 @@ def _hmr_tar(path: Path, hand: bool) -> tuple[list[dict], tuple[int, int]]:
     image.save(buffer, format="JPEG")
     path.parent.mkdir(parents=True, exist_ok=True)
     with wds.TarWriter(str(path)) as sink:
-        sink.write({"__key__": "img000", "jpg": buffer.getvalue(), "data.pyd": pickle.dumps(people)})
+        for index, count in enumerate(people_per_image):
+            sink.write({"__key__": f"img{index:03d}", "jpg": buffer.getvalue(), "data.pyd": pickle.dumps(people[:count])})
     return people, (height, width)
 
 
@@ -439,3 +441,19 @@ def test_hmr_tars_are_read_only_when_trusted(tmp_path: Path, hand: bool) -> None
     plain = MeshDataModule(shards, body_model=body_model, trust_pickle=True, batch_size=2, num_workers=0,
                            image_size=SIZE, epoch_samples=4, augment=False)
     assert [batch["key"] for batch in batches(plain.train_dataloader())] == [["img000/0", "img000/1"]] * 2
+
+
+@pytest.mark.parametrize("hand", [False, True], ids=["4d_humans", "hamer"])
+def test_hmr_images_of_one_and_of_several_people_share_batches(tmp_path: Path, hand: bool) -> None:
+    """A batch mixing an image of one person with one of two (webdataset keeps ``__key__`` on a single
+    sample only) is evaluated and trained on like any other."""
+    _hmr_tar(tmp_path / "hmr" / "shard-000000.tar", hand, people_per_image=(1, 2, 1))
+    shards = str(tmp_path / "hmr")
+    common = {"body_model": "mano" if hand else "smpl", "trust_pickle": True, "batch_size": 3, "num_workers": 0,
+              "image_size": SIZE}
+    people = ["img000/0", "img001/0", "img001/1", "img002/0"]
+    evaluated = MeshDataModule(shards, val_shards=shards, **common).val_dataloader()
+    assert [batch["key"] for batch in batches(evaluated)] == [people[:3], people[3:]]
+    plain = MeshDataModule(shards, augment=False, epoch_samples=12, **common).train_dataloader()
+    trained = [batch["key"] for batch in batches(plain)]  # every person of each image, shuffled
+    assert [len(keys) for keys in trained] == [3] * 4 and {key for keys in trained for key in keys} <= set(people)
