@@ -24,15 +24,16 @@ augmentation act on it like on any calibrated camera. The missing depth of ``key
 recovered as the translation that best projects them onto ``keypoints_2d`` with this ``K``
 (linear least squares), which makes them camera-frame points; SMPL's ``transl`` stays unknown.
 
-``data.pyd`` is a pickle, and unpickling runs whatever code the file names: it is read only with
-an explicit ``trust_pickle=True``.
+``data.pyd`` is a pickle, and unpickling can run whatever code the file names: it is read only with
+an explicit ``trust_pickle=True``, and even then only numpy arrays and plain values are accepted
+(``datamodules.safe_pickle``).
 """
-
-import pickle
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from datamodules import safe_pickle
 
 HMR_BODY_KEYPOINTS = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
@@ -64,7 +65,7 @@ def refuse_untrusted(trust_pickle: bool, where: str) -> None:
 def load_people(sample: dict, trust_pickle: bool) -> list[dict]:
     """The per-person label dicts of one tar sample."""
     refuse_untrusted(trust_pickle, f"sample {sample.get('__key__')} of {sample.get('__url__', '?')}")
-    people = pickle.loads(sample[PICKLE_KEY])
+    people = safe_pickle.loads(sample[PICKLE_KEY], f"4D-Humans/HaMeR label file ({PICKLE_KEY})", encoding="latin1")
     if isinstance(people, dict):
         people = [people]
     if not people:

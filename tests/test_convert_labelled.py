@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from datamodules import LabelledDataModule, MeshDataModule
+from tests.pickles import Exploit, python2_dumps
 from tools.convert.densepose_coco import decode_rle, rle_counts
 from tools.convert.freihand import FROM_FREIHAND
 from tools.convert.labelled import nominal_intrinsics
@@ -88,8 +89,7 @@ def camera_looking_at_origin(yaw: float, distance_m: float) -> np.ndarray:
 
 def write_3dpw_sequence(root: Path, split: str, sequence: str, smpl: torch.nn.Module, rng: np.random.Generator,
                         actors: int) -> None:
-    """`sequenceFiles/<split>/<sequence>.pkl` (a protocol-2 pickle of numpy arrays, as the Python 2
-    originals) and `imageFiles/<sequence>/image_%05d.jpg` with the actors' joints drawn on them."""
+    """`sequenceFiles/<split>/<sequence>.pkl` (a Python 2 pickle of numpy arrays, as the originals) and `imageFiles/<sequence>/image_%05d.jpg` with the actors' joints drawn on them."""
     K = np.array([[150.0, 0.0, 79.5], [0.0, 150.0, 59.5], [0.0, 0.0, 1.0]])
     cam_poses = np.stack([camera_looking_at_origin(0.3 * frame, 4.0) for frame in range(PW_FRAMES)])
     data = {"sequence": sequence, "genders": [], "betas": [], "poses": [], "trans": [], "jointPositions": [],
@@ -125,8 +125,7 @@ def write_3dpw_sequence(root: Path, split: str, sequence: str, smpl: torch.nn.Mo
                            ("campose_valid", valid)):
             data[key].append(value)
     (root / "sequenceFiles" / split).mkdir(parents=True, exist_ok=True)
-    with (root / "sequenceFiles" / split / f"{sequence}.pkl").open("wb") as file:
-        pickle.dump(data, file, protocol=2)
+    (root / "sequenceFiles" / split / f"{sequence}.pkl").write_bytes(python2_dumps(data))
     (root / "imageFiles" / sequence).mkdir(parents=True)
     for frame, picture in enumerate(pictures):
         picture.save(root / "imageFiles" / sequence / f"image_{frame:05d}.jpg", quality=90)
@@ -153,6 +152,20 @@ def test_3dpw_refuses_untrusted_pickles_and_missing_models(threedpw_root: Path, 
         main(["convert", "threedpw", "--root", str(threedpw_root), "--out", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="SMPL_MALE"):
         convert_3dpw(threedpw_root, tmp_path, "--body-model-dir", str(tmp_path))
+
+
+def test_3dpw_sequence_that_would_run_code_is_refused(threedpw_root: Path, tmp_path: Path, capfd) -> None:
+    """Trusted or not, a sequence file is unpickled with numpy arrays and plain values only."""
+    root = tmp_path / "3DPW"
+    shutil.copytree(threedpw_root, root)
+    hostile = root / "sequenceFiles" / "train" / "courtyard_hostile_00.pkl"
+    hostile.write_bytes(python2_dumps({"sequence": "courtyard_hostile_00", "genders": [Exploit()]}))
+    with pytest.raises(pickle.UnpicklingError, match=rf"refusing to load posix\.system .*{hostile.name}"):
+        convert_3dpw(root, tmp_path / "out")
+    assert "pwned" not in capfd.readouterr().out
+    hostile.write_bytes(python2_dumps({"sequence": "courtyard_hostile_00"})[:-20])  # truncated
+    with pytest.raises(ValueError, match=f"{hostile.name}: not a readable 3DPW sequence file"):
+        convert_3dpw(root, tmp_path / "out")
 
 
 @pytest.mark.parametrize("with_body_model", [True, False], ids=["body_model", "dataset_joints"])

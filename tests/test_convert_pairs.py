@@ -4,7 +4,6 @@ labels against the pixels and the shards against `PairDataModule`."""
 
 import io
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import webdataset as wds
 from PIL import Image, ImageDraw
 
 from datamodules import PairDataModule
+from tests.pickles import Exploit
 from tools.synth.cli import main
 from tools.synth.world import look_at
 
@@ -343,11 +343,6 @@ def write_aist(root: Path, frames: int = 6, views: int = 3) -> None:
         write_video(root / "videos" / f"{sequence.replace('cAll', f'c{view + 1:02d}')}.mp4", images, fps=60)
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (os.system, ("echo pwned",))
-
-
 def test_aist_needs_trust_reads_only_arrays_and_loads(tmp_path, capfd):
     root, out = tmp_path / "aist_plusplus_final", tmp_path / "shards"
     write_aist(root)
@@ -356,7 +351,7 @@ def test_aist_needs_trust_reads_only_arrays_and_loads(tmp_path, capfd):
         main(args)
     hostile = "gBR_sBM_cAll_d04_mBR1_ch02"  # a second sequence whose pickle would run a command
     for folder in ("keypoints2d", "keypoints3d"):
-        (root / folder / f"{hostile}.pkl").write_bytes(pickle.dumps({"keypoints3d_optim": _Exploit()}))
+        (root / folder / f"{hostile}.pkl").write_bytes(pickle.dumps({"keypoints3d_optim": Exploit()}))
     (root / "videos" / f"{hostile.replace('cAll', 'c01')}.mp4").write_bytes(b"")
     main(args + ["--trust-pickle", "--stride", "2", "--preview", "1"])
     assert "pwned" not in capfd.readouterr().out

@@ -25,6 +25,7 @@ from datamodules.mirror import SMPL_JOINT_NAMES, mirror_permutation, vertex_mirr
 from heads import BodyModel, ParametricHead
 from heads.rotations import axis_angle_to_matrix
 from lightning_modules import MeshRecoveryModule
+from tests.pickles import Exploit
 from tools.synth import write_labelled_shards
 from tools.synth.bodymodel import write_body_models
 
@@ -444,16 +445,22 @@ def test_hmr_tars_are_read_only_when_trusted(tmp_path: Path, hand: bool) -> None
 
 
 @pytest.mark.parametrize("hand", [False, True], ids=["4d_humans", "hamer"])
-def test_hmr_images_of_one_and_of_several_people_share_batches(tmp_path: Path, hand: bool) -> None:
+def test_hmr_images_of_one_and_of_several_people_share_batches(tmp_path: Path, hand: bool, capfd) -> None:
     """A batch mixing an image of one person with one of two (webdataset keeps ``__key__`` on a single
-    sample only) is evaluated and trained on like any other."""
+    sample only) is evaluated and trained on like any other; labels that would run code are a counted skip."""
     _hmr_tar(tmp_path / "hmr" / "shard-000000.tar", hand, people_per_image=(1, 2, 1))
+    with wds.TarWriter(str(tmp_path / "hmr" / "shard-000001.tar")) as sink:  # labels that would run a command
+        sink.write({"__key__": "img003", "jpg": b"", "data.pyd": pickle.dumps([{"center": Exploit()}])})
     shards = str(tmp_path / "hmr")
     common = {"body_model": "mano" if hand else "smpl", "trust_pickle": True, "batch_size": 3, "num_workers": 0,
               "image_size": SIZE}
     people = ["img000/0", "img001/0", "img001/1", "img002/0"]
-    evaluated = MeshDataModule(shards, val_shards=shards, **common).val_dataloader()
-    assert [batch["key"] for batch in batches(evaluated)] == [people[:3], people[3:]]
+    evaluated = batches(MeshDataModule(shards, val_shards=shards, **common).val_dataloader())
+    assert [batch["key"] for batch in evaluated] == [people[:3], people[3:]]
+    skipped = sum(batch[SKIPPED_KEY] for batch in evaluated)  # the hostile sample: refused, counted
+    assert dict(zip(SKIP_KINDS, skipped.tolist())) == {"unreadable_shard": 0, "corrupt_image": 0, "missing_key": 0,
+                                                       "bad_sample": 1}
+    assert "pwned" not in capfd.readouterr().out
     plain = MeshDataModule(shards, augment=False, epoch_samples=12, **common).train_dataloader()
     trained = [batch["key"] for batch in batches(plain)]  # every person of each image, shuffled
     assert [len(keys) for keys in trained] == [3] * 4 and {key for keys in trained for key in keys} <= set(people)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules import safe_pickle
 from tools.convert.common import (
     SkipSample,
     add_pair_arguments,
@@ -48,28 +49,12 @@ COCO_KEYPOINTS = (
     "right_ankle",
 )  # fmt: skip
 VIEWS = tuple(f"c{number:02d}" for number in range(1, 10))  # keypoints2d view order
-_NUMPY_GLOBALS = {
-    (f"numpy{core}.{module}", name)
-    for core in (".core", "._core")
-    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
-} | {("numpy", "ndarray"), ("numpy", "dtype")}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays and plain containers, refuses every other class or function."""
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in _NUMPY_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing {module}.{name}: AIST++ keypoint files hold numpy arrays only")
-        return super().find_class(module, name)
-
-
 @functools.lru_cache(maxsize=4)  # a shard's groups come from few sequences: read each file once per worker
 def load_keypoints(path: Path) -> dict:
     """A keypoint pickle's arrays; a missing or unreadable one is a counted skip."""
     try:
         with open(path, "rb") as file:
-            return _NumpyOnlyUnpickler(file).load()
+            return safe_pickle.load(file, "AIST++ keypoint file")
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as error:
         raise SkipSample("unreadable keypoints", f"{path}: {error}") from error
     except KeyError as error:  # pickle.Unpickler raises it on a truncated or foreign stream

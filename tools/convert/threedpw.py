@@ -4,7 +4,8 @@ Layout (https://virtualhumans.mpi-inf.mpg.de/3DPW): `imageFiles/<seq>/image_%05d
 `sequenceFiles/{train,validation,test}/<seq>.pkl` (Python 2 pickles: `genders`, `betas`,
 `poses` (frames, 72), `trans`, `jointPositions` (frames, 72), `poses2d` (frames, 3, 18),
 `cam_poses` (frames, 4, 4, world -> camera), `cam_intrinsics`, `campose_valid`). Splits become
-train / val / test. Unpickling runs code from the file, so it needs `--trust-pickle`.
+train / val / test. Unpickling can run code from a file, so it needs `--trust-pickle`, and even
+then only numpy arrays and plain values are accepted (`datamodules.safe_pickle`).
 
 SMPL parameters are moved into the camera frame so that `smplx.create(dir, "smpl",
 gender=json.gender)(betas, global_orient, body_pose, transl)` gives camera-frame vertices: SMPL
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datamodules import safe_pickle
 from tools.convert.common import (
     SkipSample,
     crop_person,
@@ -81,8 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_sequence(path: Path) -> dict:
     """A 3DPW sequence pickle (Python 2, latin-1 strings), checked for the keys we read."""
-    with path.open("rb") as file:
-        data = pickle.load(file, encoding="latin1")
+    try:
+        data = safe_pickle.load(path, f"3DPW sequence file ({path})", encoding="latin1")
+    except safe_pickle.UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable 3DPW sequence file ({error!r}); download it again") from error
     missing = [key for key in _REQUIRED_KEYS if key not in data]
     if missing:
         raise ValueError(f"{path}: not a 3DPW sequence file, keys {missing} missing (has {sorted(data)})")
