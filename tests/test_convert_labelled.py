@@ -324,9 +324,12 @@ def coarse_part_at(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.where(v < 0.5, 1, np.where(u < 0.5, 6, 0))
 
 
-def write_densepose_coco(root: Path) -> dict[str, list]:
-    """`annotations/densepose_coco_2014_{train,minival}.json` and the COCO images they name; returns
-    the train person's points (I, U, V, x, y)."""
+DENSEPOSE_NAMINGS = {"densepose_repo": "densepose_coco_2014_{}.json", "detectron2": "densepose_{}2014.json"}
+
+
+def write_densepose_coco(root: Path, naming: str = DENSEPOSE_NAMINGS["densepose_repo"]) -> dict[str, list]:
+    """`annotations/<naming of train and minival>` and the COCO images they name; returns the train
+    person's points (I, U, V, x, y)."""
     grid = (np.arange(256) + 0.5) / 256
     parts = coarse_part_at(grid[None, :], grid[:, None])  # rows: v, columns: u
     masks = [{"size": [256, 256], "counts": rle_string((parts == part).astype(np.uint8))} if part in (1, 6) else []
@@ -355,12 +358,13 @@ def write_densepose_coco(root: Path) -> dict[str, list]:
             Image.new("RGB", (DP_WIDTH, DP_HEIGHT), (100, 80, 60)).save(root / folder / file_name)
             images.append({"id": image_id, "file_name": file_name, "width": DP_WIDTH, "height": DP_HEIGHT})
         coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}
-        (root / "annotations" / f"densepose_coco_2014_{name}.json").write_text(json.dumps(coco))
+        (root / "annotations" / naming.format(name)).write_text(json.dumps(coco))
     return points
 
 
-def test_densepose_coco_points_and_background_land_in_the_crop(tmp_path: Path) -> None:
-    points = write_densepose_coco(tmp_path / "coco")
+@pytest.mark.parametrize("naming", DENSEPOSE_NAMINGS.values(), ids=DENSEPOSE_NAMINGS.keys())
+def test_densepose_coco_points_and_background_land_in_the_crop(tmp_path: Path, naming: str) -> None:
+    points = write_densepose_coco(tmp_path / "coco", naming)
     out = tmp_path / "shards"
     main(["convert", "densepose_coco", "--root", str(tmp_path / "coco"), "--out", str(out), "--size", str(SIZE),
           "--workers", "1", "--preview", "2"])

@@ -1,7 +1,8 @@
 """DensePose-COCO -> labelled body shards with `iuv.png` (task "body"), one sample per annotated person.
 
-Layout (http://densepose.org, as detectron2's DensePose reads it): `annotations/
-densepose_coco_2014_{train,valminusminival,minival}.json` (COCO JSON; annotated people carry
+Layout (http://densepose.org): `annotations/densepose_coco_2014_{train,valminusminival,minival}.json`
+as the DensePose repo downloads them, or `annotations/densepose_{train,valminusminival,minival}2014.json`
+as detectron2's DensePose names them (COCO JSON; annotated people carry
 `dp_I` (part 1..24), `dp_U`, `dp_V` (0..1), `dp_x`, `dp_y` (0..255 across the person's `bbox`)
 and `dp_masks`: 14 coarse-part masks, COCO RLE over a 256 x 256 grid spanning the bbox) and the
 COCO 2014 images under `train2014/` and `val2014/`. `train` and `valminusminival` become our train
@@ -182,9 +183,20 @@ def annotated_people(path: Path, image_folder: Path) -> tuple[list[Person], int]
     return people, unannotated
 
 
+def annotation_names(root: Path, name: str) -> tuple[Path, Path]:
+    """Where the annotation file ``name`` (train, valminusminival, minival) may be: the DensePose repo's
+    name, then detectron2's."""
+    return root / "annotations" / f"densepose_coco_2014_{name}.json", root / "annotations" / f"densepose_{name}2014.json"
+
+
+def annotation_file(root: Path, name: str) -> Path | None:
+    return next((path for path in annotation_names(root, name) if path.is_file()), None)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", nargs="+", choices=list(ANNOTATION_FILES), default=list(ANNOTATION_FILES),
-                        help="which densepose_coco_2014_<name>.json files to convert (those missing are reported)")
+                        help="which annotation files to convert, densepose_coco_2014_<name>.json or densepose_<name>2014.json "
+                             "(those missing are reported)")
     parser.add_argument("--size", type=int, default=256, help="crop side in pixels")
     parser.add_argument("--margin", type=float, default=0.1, help="crop margin around the person's bbox, per side")
 
@@ -194,17 +206,18 @@ def convert(args: argparse.Namespace) -> dict:
     splits: dict[str, list[Person]] = {}
     unannotated = 0
     for name in args.annotations:
-        path = args.root / "annotations" / f"densepose_coco_2014_{name}.json"
-        if not path.is_file():
-            print(f"densepose_coco: {path} not found, skipped")
+        path = annotation_file(args.root, name)
+        if path is None:
+            print(f"densepose_coco: {' or '.join(map(str, annotation_names(args.root, name)))} not found, skipped")
             continue
         split, folder = ANNOTATION_FILES[name]
         people, others = annotated_people(path, args.root / folder)
         splits.setdefault(split, []).extend(people)
         unannotated += others
     if not splits:
-        raise FileNotFoundError(f"no densepose_coco_2014_*.json under {args.root / 'annotations'}: --root must be the "
-                                f"COCO folder with annotations/, train2014/ and val2014/ (http://densepose.org)")
+        raise FileNotFoundError(f"no densepose_coco_2014_*.json or densepose_*2014.json under {args.root / 'annotations'}: "
+                                f"--root must be the COCO folder with annotations/, train2014/ and val2014/ "
+                                f"(http://densepose.org)")
     encode = partial(encode_person, size=args.size, margin=args.margin)
     extra = {"task": "body", "body_model": "smpl", "densepose_parts": list(DENSEPOSE_PART_NAMES),
              "iuv": "part 1..24 at points, 0 background (coarse masks), 255 unlabelled; U, V x 255",
