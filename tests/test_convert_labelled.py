@@ -244,11 +244,18 @@ def write_freihand_set(root: Path, set_name: str, mano: torch.nn.Module, rng: np
 
 @pytest.fixture(scope="module")
 def freihand_root(tmp_path_factory: pytest.TempPathFactory, body_models: Path) -> tuple[Path, np.ndarray]:
+    """FreiHAND_pub_v2 (training set, evaluation images and K without labels) beside the separate
+    evaluation archive FreiHAND_pub_v2_eval (evaluation labels and images)."""
     root = tmp_path_factory.mktemp("FreiHAND_pub_v2")
+    eval_root = root.parent / "FreiHAND_pub_v2_eval"
     mano = smplx.create(str(body_models), model_type="mano", ext="npz", use_pca=False, flat_hand_mean=False)
     rng = np.random.default_rng(1)
     vertices = write_freihand_set(root, "training", mano, rng, samples=3, versions=2)
-    write_freihand_set(root, "evaluation", mano, rng, samples=2, versions=1)
+    eval_root.mkdir()
+    write_freihand_set(eval_root, "evaluation", mano, rng, samples=2, versions=1)
+    shutil.copytree(eval_root / "evaluation", root / "evaluation")
+    for what in ("K", "scale"):
+        shutil.copy(eval_root / f"evaluation_{what}.json", root)
     xyz = json.loads((root / "training_xyz.json").read_text())
     xyz[2][7][1] += 0.02  # annotation 2's index3 joint and index fingertip 2 cm off its MANO fit
     xyz[2][8][1] += 0.02
@@ -257,11 +264,19 @@ def freihand_root(tmp_path_factory: pytest.TempPathFactory, body_models: Path) -
     return root, vertices
 
 
-def test_freihand_hands_carry_mano_in_our_convention(freihand_root: tuple, body_models: Path, tmp_path: Path) -> None:
+def test_freihand_hands_carry_mano_in_our_convention(freihand_root: tuple, body_models: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
     root, vertices = freihand_root
-    main(["convert", "freihand", "--root", str(root), "--out", str(tmp_path), "--body-model-dir", str(body_models),
-          "--versions", "gs", "hom", "--size", str(SIZE), "--samples-per-shard", "2", "--workers", "1",
-          "--preview", "3"])
+    options = ["--body-model-dir", str(body_models), "--versions", "gs", "hom", "--size", str(SIZE),
+               "--samples-per-shard", "2", "--workers", "1"]
+    main(["convert", "freihand", "--root", str(root), "--out", str(tmp_path / "train_only"), *options])
+    assert list(json.loads((tmp_path / "train_only" / "manifest.json").read_text())["splits"]) == ["train"]
+    assert "pass --eval-root" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="FreiHAND_pub_v2_eval"):
+        main(["convert", "freihand", "--root", str(root), "--out", str(tmp_path), "--eval-root", str(root), *options])
+
+    main(["convert", "freihand", "--root", str(root), "--out", str(tmp_path), "--eval-root",
+          str(root.parent / "FreiHAND_pub_v2_eval"), "--preview", "3", *options])
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["skipped"] == {"MANO fit off the annotated joints": 2, "unreadable image": 1}
     assert (manifest["splits"]["train"]["samples"], manifest["splits"]["test"]["samples"]) == (3, 2)

@@ -5,8 +5,10 @@ Layout (https://lmb.informatik.uni-freiburg.de/projects/freihand/): `training/rg
 (per sample `[[61 values]]`: 48 axis-angle pose values (global orientation first) relative to
 MANO's mean hand, 10 betas, then the root's image position (2) and a scale, not a translation).
 Each of the 32,560 annotations has four images (`--versions`: green screen `gs`, then `hom`,
-`sample`, `auto` backgrounds) at `rgb/` index `i + 32560 * version`. `evaluation/` with
-`evaluation_{K,xyz,mano}.json` becomes the test split when its annotations are present.
+`sample`, `auto` backgrounds) at `rgb/` index `i + 32560 * version`. The evaluation set becomes the
+test split when its annotations are there: they come in a separate archive, `FreiHAND_pub_v2_eval`
+(`evaluation_{K,mano,xyz}.json`, and `evaluation/rgb/` again), given with `--eval-root` (or merged
+into ROOT); its images are read from there, else from ROOT's `evaluation/rgb/`.
 
 Keypoints are stored in the order of `tools.synth.hand.HAND_KEYPOINT_NAMES` (MANO's 16 joints
 then the fingertips, as smplx outputs them), not FreiHAND's (thumb first). With
@@ -69,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--body-model-dir", type=Path,
                         help="folder with mano/MANO_RIGHT.npz or .pkl (smplx layout): also store MANO parameters "
                              "and vertices")
+    parser.add_argument("--eval-root", type=Path,
+                        help="the unpacked evaluation annotations (FreiHAND_pub_v2_eval: evaluation_{K,mano,xyz}.json), "
+                             "a separate download; default: ROOT")
     parser.add_argument("--versions", nargs="+", choices=VERSIONS, default=list(VERSIONS),
                         help="which of the four images of each training annotation to convert")
     parser.add_argument("--size", type=int, default=224, help="crop side in pixels")
@@ -84,8 +89,9 @@ def _load_list(path: Path) -> list:
     return json.loads(path.read_text())
 
 
-def split_images(root: Path, set_name: str, versions: list[str]) -> list[HandImage]:
-    """The images of `set_name` ("training" or "evaluation") with their annotations."""
+def split_images(root: Path, set_name: str, versions: list[str], image_root: Path | None = None) -> list[HandImage]:
+    """The images of `set_name` ("training" or "evaluation") with their annotations (in `root`; images
+    under `image_root`, default `root`)."""
     Ks, manos, xyzs = (_load_list(root / f"{set_name}_{what}.json") for what in ("K", "mano", "xyz"))
     if not len(Ks) == len(manos) == len(xyzs):
         raise ValueError(f"{root}/{set_name}_{{K,mano,xyz}}.json disagree on the number of samples: "
@@ -100,7 +106,7 @@ def split_images(root: Path, set_name: str, versions: list[str]) -> list[HandIma
                                  f"xyz {np.shape(xyz)}; expected (3, 3), (61,), (21, 3)")
             number = offset + index
             images.append(HandImage(
-                key=f"freihand_{set_name}_{number:08d}", image=root / set_name / "rgb" / f"{number:08d}.jpg",
+                key=f"freihand_{set_name}_{number:08d}", image=(image_root or root) / set_name / "rgb" / f"{number:08d}.jpg",
                 subject=f"freihand/{set_name}/{index:05d}", K=tuple(map(tuple, K)), mano=tuple(mano.tolist()),
                 xyz=tuple(map(tuple, xyz)),
             ))  # fmt: skip
@@ -150,10 +156,17 @@ def convert(args: argparse.Namespace) -> dict:
     if args.body_model_dir is not None:
         load_body_model(args.body_model_dir, "mano", use_pca=False)  # fail now, not in every worker
     splits = {"train": split_images(args.root, "training", args.versions)}
-    if (args.root / "evaluation_xyz.json").is_file():
-        splits["test"] = split_images(args.root, "evaluation", ["gs"])
+    eval_root = args.eval_root or args.root
+    if (eval_root / "evaluation_xyz.json").is_file():
+        images = eval_root if (eval_root / "evaluation" / "rgb").is_dir() else args.root
+        splits["test"] = split_images(eval_root, "evaluation", ["gs"], image_root=images)
+    elif args.eval_root is not None:
+        raise FileNotFoundError(f"{args.eval_root / 'evaluation_xyz.json'} not found: --eval-root must be the unpacked "
+                                f"FreiHAND_pub_v2_eval archive (evaluation_K.json, evaluation_mano.json, "
+                                f"evaluation_xyz.json)")
     else:
-        print(f"freihand: no {args.root / 'evaluation_xyz.json'}: converting the training set only")
+        print(f"freihand: no evaluation annotations in {args.root} (they come as a separate archive, "
+              f"FreiHAND_pub_v2_eval): converting the training set only; pass --eval-root to add the test split")
     body_model_dir = None if args.body_model_dir is None else str(args.body_model_dir)
     encode = partial(encode_hand, size=args.size, margin=args.margin, body_model_dir=body_model_dir,
                      tolerance_mm=args.fit_tolerance_mm)
