@@ -10,7 +10,9 @@ user's licensed model data, and a run resumes with whichever model files are ins
 DDP does not broadcast the large blend-shape arrays as buffers on every step.
 """
 
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -58,9 +60,31 @@ def model_file(model_type: str, model_path: str | Path, gender: str = "neutral")
     raise FileNotFoundError(
         f"no {model_type.upper()} model file in {folder.resolve()}: looked for "
         f"{' or '.join(c.name for c in candidates)} (model_path is the folder holding {model_type}/, as for "
-        f"smplx.create). The model is licensed: download it from {_WHERE[model_type]} (official .pkl files that "
-        f"hold chumpy arrays must be converted to plain-array .npz first), or write synthetic stand-ins for tests "
-        f"and demos with `crocoman-data body-models --out DIR`")
+        f"smplx.create). The model is licensed: download it from {_WHERE[model_type]}; official .pkl files hold "
+        f"chumpy objects, so convert them once with `{convert_command('DOWNLOADED.pkl', model_path)}`. Or write "
+        f"synthetic stand-ins for tests and demos with `crocoman-data body-models --out DIR`")
+
+
+def convert_command(path: str | Path, model_path: str | Path) -> str:
+    """The command that turns an official SMPL / MANO pickle into files of plain arrays under ``model_path``."""
+    return f"crocoman-data body-models --convert {path} --out {model_path}"
+
+
+@contextmanager
+def official_pickle_hint(path: Path, model_path: str | Path) -> Iterator[None]:
+    """Around a smplx load of ``path``: an official pickle fails there because unpickling it imports
+    chumpy (missing, or broken on Python 3.11+); say which file and how to convert it instead."""
+    try:
+        yield
+    except Exception as error:
+        missing = isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == "chumpy"
+        frames = traceback.extract_tb(error.__traceback__)
+        if not missing and not any("chumpy" in Path(frame.filename).parts for frame in frames):
+            raise
+        raise RuntimeError(
+            f"{path} is an official model file holding chumpy objects, which smplx cannot load without a working "
+            f"chumpy ({type(error).__name__}: {error}); convert it once to plain arrays with "
+            f"`{convert_command(path, model_path)}`") from error
 
 
 class BodyModel(nn.Module):
@@ -97,7 +121,8 @@ class BodyModel(nn.Module):
             kwargs |= {"use_pca": False, "flat_hand_mean": True}
         if model_type == "mano":
             kwargs["is_rhand"] = True
-        layer = smplx.build_layer(str(model_path), model_type=model_type, **kwargs).requires_grad_(False)
+        with official_pickle_hint(path, model_path):
+            layer = smplx.build_layer(str(model_path), model_type=model_type, **kwargs).requires_grad_(False)
         # Outside _modules: neither in state_dict nor among the buffers DDP broadcasts (see _apply).
         self.__dict__["layer"] = layer
         self.model_type = model_type

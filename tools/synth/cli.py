@@ -1,6 +1,7 @@
 """`crocoman-data`: command-line entry to the data tools: `synth` renders synthetic pair shards,
 `labelled` labelled body or hand shards, `body-models` smplx-loadable model files of the same
-synthetic bodies, `convert <dataset>` a public dataset's files into shards."""
+synthetic bodies (or, with `--convert`, of the official SMPL / MANO files without chumpy), `convert
+<dataset>` a public dataset's files into shards."""
 
 import argparse
 import importlib
@@ -43,7 +44,18 @@ def _labelled(args: argparse.Namespace) -> None:
 
 
 def _body_models(args: argparse.Namespace) -> None:
-    write_body_models(args.out)
+    if not args.convert:
+        write_body_models(args.out)
+        return
+    # only when converting official files
+    from datamodules.safe_pickle import UnsafePickleError
+    from tools.convert.chumpy_models import convert_body_model
+
+    for source in args.convert:
+        try:
+            convert_body_model(source, args.out, args.model_type, args.gender, args.side)
+        except (ValueError, UnsafePickleError) as error:  # a bad or hostile file: its message names it
+            raise SystemExit(f"crocoman-data body-models: {error}") from error
 
 
 class _ConverterHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -107,13 +119,26 @@ def main(argv: list[str] | None = None) -> None:
 
     body_models = commands.add_parser(
         "body-models",
-        help="write SMPL, SMPL-X and MANO model files of the synthetic bodies that smplx.create loads",
+        help="write SMPL, SMPL-X and MANO model files of the synthetic bodies that smplx.create loads, or "
+        "convert the official SMPL / MANO .pkl files (--convert) so they load without chumpy",
         description="Model files (smpl/SMPL_NEUTRAL.pkl, smplx/SMPLX_NEUTRAL.npz, mano/MANO_RIGHT.npz) whose "
         "meshes lie on the rendered synthetic people when posed with the labelled shards' parameters; "
         "for tests and demos without the licensed files. Load MANO with ext='npz', use_pca=False, "
-        "flat_hand_mean=True.",
+        "flat_hand_mean=True. With --convert, the official files as downloaded from smpl.is.tue.mpg.de / "
+        "mano.is.tue.mpg.de (Python 2 pickles holding chumpy objects, which do not load on Python 3.11+) are "
+        "rewritten as smpl/SMPL_<GENDER>.{pkl,npz} or mano/MANO_<SIDE>.{pkl,npz} of plain arrays instead; "
+        "they are read without running code from them.",
     )
     body_models.add_argument("--out", type=Path, required=True, help="root folder, as passed to smplx.create")
+    body_models.add_argument("--convert", type=Path, nargs="+", metavar="FILE",
+                             help="official SMPL / MANO .pkl files to convert (e.g. "
+                                  "basicModel_neutral_lbs_10_207_0_v1.0.0.pkl, MANO_RIGHT.pkl)")
+    body_models.add_argument("--model-type", choices=("smpl", "mano"),
+                             help="with --convert: the model in the files (default: from their content)")
+    body_models.add_argument("--gender", choices=("neutral", "female", "male"),
+                             help="with --convert: the SMPL gender (default: from the file name)")
+    body_models.add_argument("--side", choices=("right", "left"),
+                             help="with --convert: the MANO hand (default: from the file name)")
     body_models.set_defaults(run=_body_models)
 
     convert = commands.add_parser(
