@@ -114,8 +114,9 @@ def test_every_mesh_config_runs_two_steps_through_the_cli(config, mesh_shards, b
 
 @pytest.mark.parametrize("config", ["body_mesh_smpl_cpu.yaml", "body_mesh_joint_maps_cpu.yaml"])
 def test_predict_writes_a_mesh_overlay_and_parameters_per_image(mesh_shards, body_model_root, tmp_path, monkeypatch,
-                                                                config):
-    """`crocoman predict` on a folder of plain images with the fine-tuned checkpoint and the run's config."""
+                                                                config, capsys):
+    """`crocoman predict` on a folder of plain images with the fine-tuned checkpoint and the run's config:
+    crops, a phone photo stored sideways, a whole photo with two person boxes, and a broken file."""
     monkeypatch.chdir(tmp_path)
     arguments = config_arguments(config, mesh_shards, body_model_root)
     main(["fit", *arguments, "--trainer.max_steps=1"])
@@ -123,18 +124,47 @@ def test_predict_writes_a_mesh_overlay_and_parameters_per_image(mesh_shards, bod
     images.mkdir()
     for name, size in ("tall", (40, 64)), ("wide", (80, 50)):
         Image.new("RGB", size, (120, 90, 60)).save(images / f"{name}.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways (64 x 40), shown as a 40 x 64 portrait
+    Image.new("RGB", (64, 40), (60, 90, 120)).save(images / "phone.jpg", exif=exif)
+    Image.new("RGB", (160, 90), (90, 90, 90)).save(images / "group.jpg")
+    (images / "group.json").write_text(json.dumps([[10, 10, 30, 70], [100, 5, 40, 80]]))
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     out = tmp_path / "predictions"
     main(["predict", *arguments, f"--ckpt_path=runs/{config.removesuffix('.yaml')}/checkpoints/last.ckpt",
           "--data=datamodules.ImageFolderDataModule", f"--data.paths={images}", "--data.image_size=32",
-          "--data.num_workers=0", "--trainer.callbacks+=lightning_modules.predictions.MeshPredictionWriter",
+          "--data.batch_size=2", "--data.num_workers=0",
+          "--trainer.callbacks+=lightning_modules.predictions.MeshPredictionWriter",
           f"--trainer.callbacks.output_dir={out}"])
-    for name in "tall", "wide":
+    printed = capsys.readouterr().out
+    assert "skipped 1 image(s)" in printed and f"{images / 'broken.jpg'}: " in printed
+    assert not list(out.glob("broken*"))
+    parametric = "smpl" in config
+    model = BodyModel("smpl", str(body_model_root))
+    for name in "tall", "wide", "phone", "group_0", "group_1":
         assert Image.open(out / f"{name}.png").size == (32, 32)
         arrays = np.load(out / f"{name}.npz")
-        assert arrays["vertices"].shape == (6890, 3) and arrays["body_pose"].shape == (69,)
+        assert arrays["vertices"].shape == (6890, 3)
         assert arrays["vertices"][:, 2].min() > 0  # in front of the camera
         record = json.loads((out / f"{name}.json").read_text())
-        assert len(record["betas"]) == 10 and len(record["keypoints_2d"]) == 45
+        # The keypoints are the joints projected through the input's camera.
+        joints, K = torch.from_numpy(arrays["joints"]).double(), torch.from_numpy(arrays["K"]).double()
+        torch.testing.assert_close(torch.tensor(record["keypoints_2d"]).double(), project(joints[None], K[None])[0],
+                                   atol=1e-3, rtol=1e-4)
+        if parametric:  # the vertices are the body model posed with the stored parameters
+            assert arrays["body_pose"].shape == (69,) and len(record["betas"]) == 10
+            pose = axis_angle_to_matrix(torch.from_numpy(arrays["body_pose"]).reshape(1, 23, 3))
+            vertices, _ = model(axis_angle_to_matrix(torch.from_numpy(arrays["global_orient"]))[None, None], pose,
+                                torch.from_numpy(arrays["betas"])[None])
+            torch.testing.assert_close(vertices[0].float() + torch.from_numpy(arrays["translation"]),
+                                       torch.from_numpy(arrays["vertices"]), atol=3e-3, rtol=0)  # float32 axis-angle
+    # The boxed people share the photo's camera; its overlay is the whole photo with both meshes.
+    first, second = np.load(out / "group_0.npz"), np.load(out / "group_1.npz")
+    np.testing.assert_allclose(first["photo_K"], [[160, 0, 79.5], [0, 160, 44.5], [0, 0, 1]])
+    np.testing.assert_allclose(first["box"], [-24.0, -4.0, 98.0, 98.0])  # 70 px tall box + 20% a side, centred
+    assert (first["K"] != second["K"]).any()
+    assert Image.open(out / "group.png").size == (160, 90)
+    assert Image.open(out / "phone.png").size == (32, 32)
 
 
 @pytest.mark.parametrize(("head", "steps", "weights", "ratio"), [
