@@ -78,9 +78,10 @@ test: $(INSTALLED)
 bench: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(BIN)/crocoman-bench --out benchmarks/results
 
-# The pretraining study (benchmarks/study/cpu): five pretrainings x two tasks x two label fractions x two seeds.
+# The pretraining study (benchmarks/study/cpu): body and hand models x four pretrainings x three seeds, frozen
+# probes and fine-tunes (10% of the labels); resumable run by run (rerun to continue a stopped study).
 study: $(INSTALLED)
-	HF_HUB_OFFLINE=1 nice -n 5 $(BIN)/crocoman-study --preset cpu --seeds 0 1
+	HF_HUB_OFFLINE=1 nice -n 5 $(BIN)/crocoman-study --preset cpu --seeds 0 1 2
 
 clean:
 	rm -rf runs wandb lightning_logs .pytest_cache

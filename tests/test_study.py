@@ -13,7 +13,7 @@ from backbone import CroCoNet, RandomMasking
 from datamodules import PairDataModule
 from heads import CompletionHead
 from lightning_modules import PAIR_TYPES, PretrainModule
-from tools.study import ARMS, TASKS, ensure_data, label_subset, load_preset
+from tools.study import ARMS, MODELS, TASKS, ensure_data, label_subset, load_preset
 from tools.study import run_study as study
 
 
@@ -58,8 +58,10 @@ def test_label_subsets_are_fixed_per_seed_and_shared(tmp_path):
 TOY_PRESET = {
     "name": "toy",
     "data": {"image_size": 32, "pairs": {"groups": 4, "val_groups": 2, "cameras": 2, "times": 2, "per_shard": 4},
+             "hand_pairs": {"groups": 4, "val_groups": 2, "cameras": 2, "times": 2, "per_shard": 4},
              "bodies": {"samples": 8, "val_samples": 4, "per_shard": 4},
              "hands": {"samples": 8, "val_samples": 4, "per_shard": 4}},
+    "probes": {"samples": 4},
     "label_fractions": [0.5],
     "threads": 1,
     "backbone": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
@@ -93,23 +95,36 @@ def test_study_end_to_end_on_toy_data_and_resume(tmp_path, capsys):
                  "--runs", str(tmp_path / "runs")]
     report = study(arguments)
     first = capsys.readouterr().out
-    runs = 4 + len(ARMS) * len(TASKS)
+    pretrainings = (len(ARMS) - 1) * len(MODELS)
+    runs = pretrainings + len(ARMS) * len(TASKS)
     assert first.count(": training (") == runs
 
     out = tmp_path / "out" / "toy"
     saved = json.loads((out / "results.json").read_text())
-    assert saved["finetune"] == report["finetune"] and len(saved["pretrain"]) == 4
+    assert saved["finetune"] == report["finetune"] and len(saved["pretrain"]) == pretrainings
     for record in saved["finetune"]:
         assert record["global_step"] == 1 and record["metrics"][record["metric"]] == record["value"]
     gesture = [r["value"] for r in saved["finetune"] if r["task"] == "gesture"]
     assert all(0 <= value <= 1 for value in gesture)
     assert all(r["value"] > 0 for r in saved["finetune"] if r["task"] == "body_mesh")
+    # Probes: measured before the first step and after the last, the same random encoder for every arm.
+    for record in saved["pretrain"]:
+        assert [step for step, _ in record["probes"]] == [0, 2]
+        assert record["probe_floor"] == record["probes"][0][1] and record["probe_final"] == record["probes"][1][1]
+        assert {"keypoints_2d_pck", "joints_3d_pa_mpjpe_mm"} <= set(record["probe_final"])
+    assert "gesture_top1" in next(r for r in saved["pretrain"] if r["model"] == "hand")["probe_final"]
+    assert saved["floors_agree"] is True
 
     table = (out / "results.md").read_text()
-    mesh_100 = next(r["value"] for r in saved["finetune"]
-                    if (r["arm"], r["task"]) == ("view+pose", "body_mesh"))
-    row = next(line for line in table.splitlines() if line.startswith("| (a) cross-view + cross-pose"))
-    assert f"{mesh_100:.2f} ± 0.00" in row and row.count("±") == 2
+    mesh = next(r["value"] for r in saved["finetune"] if (r["arm"], r["task"]) == ("view+pose", "body_mesh"))
+    probe_row, finetune_row = [line for line in table.splitlines() if line.startswith("| (a) cross-view + cross-pose")]
+    assert f"{mesh:.2f} ± 0.00" in finetune_row and finetune_row.count("±") == 2
+    pck = 100 * next(r for r in saved["pretrain"] if (r["model"], r["arm"]) == ("body", "view+pose")
+                     )["probe_final"]["keypoints_2d_pck"]
+    assert probe_row.startswith(f"| (a) cross-view + cross-pose | {pck:.2f} ± 0.00 |")
+    floor = 100 * next(r for r in saved["pretrain"] if r["model"] == "body")["probe_floor"]["keypoints_2d_pck"]
+    scratch_row = [line for line in table.splitlines() if line.startswith("| (e) no pretraining")][0]
+    assert scratch_row.startswith(f"| (e) no pretraining | {floor:.2f} ± 0.00 |")
     assert "| commit |" in table and "| wall time |" in table and "crocoman-study --preset" in table
     assert Image.open(out / "plot.png").size[0] > 400
     toy = tmp_path / "runs/toy"
@@ -117,12 +132,14 @@ def test_study_end_to_end_on_toy_data_and_resume(tmp_path, capsys):
     assert len(configs) == 2 and all(c["model"]["init_args"]["pretrained"] is None for c in configs)
     view = yaml.safe_load((toy / "finetune/view/gesture/50pct/seed0/study_config.yaml").read_text())
     pretrained = view["model"]["init_args"]["pretrained"]
-    assert pretrained == str(toy / "pretrain/view/seed0/checkpoints/last.ckpt")
+    assert pretrained == str(toy / "pretrain/hand/view/seed0/checkpoints/last.ckpt")  # gestures: the hand model
     assert Path(pretrained).is_file() and len(view["data"]["init_args"]["train_shards"]) == 1
-    mae = yaml.safe_load((toy / "pretrain/mae/seed0/study_config.yaml").read_text())
+    mae = yaml.safe_load((toy / "pretrain/body/mae/seed0/study_config.yaml").read_text())
     assert mae["data"]["init_args"]["single_image"] is True
     assert mae["trainer"]["logger"][0]["init_args"]["group"] == "study-toy"
-    assert list((toy / "pretrain/mae/seed0/wandb").glob("offline-run-*"))
+    probes = [c for c in mae["trainer"]["callbacks"] if c["class_path"].endswith("OnlineProbes")]
+    assert [c["init_args"]["shards"] for c in probes] == [str(tmp_path / "data/bodies/val")]
+    assert list((toy / "pretrain/body/mae/seed0/wandb").glob("offline-run-*"))
 
     # Resume: a lost result is redone, the others are reused, and the table is the same.
     (tmp_path / "runs/toy/finetune/mae/gesture/50pct/seed0/result.json").unlink()
@@ -143,10 +160,11 @@ def test_gpu_preset_validates_through_the_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert study(["--preset", "gpu", "--seeds", "0", "--dry-run"]) == {}
     out = capsys.readouterr().out
-    assert "24 run configs validated" in out and "would write pairs" in out
-    config = yaml.safe_load(Path("runs/study/gpu/pretrain/view/seed0/study_config.yaml").read_text())
+    assert "28 run configs validated" in out and "would write pairs" in out and "would write hand_pairs" in out
+    config = yaml.safe_load(Path("runs/study/gpu/pretrain/hand/view/seed0/study_config.yaml").read_text())
     assert config["model"]["init_args"]["backbone"]["init_args"]["embed_dim"] == 384
     assert config["data"]["init_args"]["cross_view_ratio"] == 1.0
+    assert config["data"]["init_args"]["train_shards"] == "data/study/gpu/hand_pairs/train"
     assert not Path("data/study/gpu/pairs").exists()
 
 

@@ -1,13 +1,16 @@
-"""``crocoman-study``: the pretraining study of issue #8 on the synthetic world, in one command.
+"""``crocoman-study``: does completion pretraining help, and which pairs? One command, resumable.
 
-Pretrains with one budget (steps, batch, model) (a) cross-view + cross-pose completion, (b)
-cross-view only, (c) cross-pose only, (d) single-image masked autoencoding, then fine-tunes each of
-them and (e) a randomly initialised encoder on body mesh recovery (PA-MPJPE) and gesture
-classification (top-1) with a fraction of the training labels, per seed. Every run goes through
-``tools.main.main`` (the ``crocoman`` LightningCLI) with a config written from the task's own YAML,
-its own directory and a W&B group per study; a finished run leaves ``result.json``, reused when
-the study is run again with the same config, so an interrupted study resumes where it stopped.
-The preset (``configs/study/<name>.yaml``) holds every size; the outputs are ``results.md``,
+For a body model and a hand model (CroCo-Man trains them separately), pretrains with one budget (a)
+cross-view + cross-pose completion, (b) cross-view only, (c) cross-pose only and (d) single-image
+masked autoencoding, per seed, each on its own synthetic pair shards; (e) is no pretraining. Arms are
+compared two ways: **frozen probes** (``lightning_modules.probes.OnlineProbes`` on held-out labelled
+people: 2D keypoints, 3D joints, gesture class; (e) is the same random encoder's score before the
+first step, which every run measures) and **fine-tuning** (body mesh recovery from the body model,
+gesture classification from the hand model, with a fraction of the training labels). Every run goes
+through ``tools.main.main`` (the ``crocoman`` LightningCLI) with a config written from the task's own
+YAML, its own directory and a W&B group per study; a finished run leaves ``result.json``, reused when
+the study is run again with the same config, so an interrupted study resumes where it stopped. The
+preset (``configs/study/<name>.yaml``) holds every size; the outputs are ``results.md``,
 ``results.json`` and ``plot.png`` under ``--out/<preset>``.
 """
 
@@ -33,6 +36,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw, ImageFont
 
+from lightning_modules.probes import OnlineProbes
 from tools.main import main as crocoman
 from tools.provenance import git_commit
 from tools.synth import write_body_models, write_labelled_shards, write_pair_shards
@@ -53,23 +57,69 @@ ARM_LABELS = {"view+pose": "(a) cross-view + cross-pose", "view": "(b) cross-vie
 
 
 @dataclass(frozen=True)
+class Model:
+    """A pretrained model of the study: the pair shards it learns from, the labelled people it is probed
+    and fine-tuned on (keys of ``data`` in the preset and sub-folders of its root)."""
+
+    name: str
+    pairs: str
+    labelled: str
+    synth_task: str
+
+
+MODELS = {"body": Model("body", "pairs", "bodies", "body"), "hand": Model("hand", "hand_pairs", "hands", "hand")}
+
+
+@dataclass(frozen=True)
 class Task:
-    """A fine-tuning task of the study: the metric it is judged by and the data it reads."""
+    """A fine-tuning task of the study: the metric it is judged by and the model it starts from."""
 
     name: str
     title: str
     metric: str
     unit: str
     lower_is_better: bool
-    shards: str  # sub-folder of the study's data root
+    model: str
 
 
-TASKS = (Task("body_mesh", "body mesh", "val/pa_mpjpe", "PA-MPJPE mm", True, "bodies"),
-         Task("gesture", "gesture", "val/top1", "top-1 %", False, "hands"))
+TASKS = (Task("body_mesh", "body mesh", "val/pa_mpjpe", "PA-MPJPE mm", True, "body"),
+         Task("gesture", "gesture", "val/top1", "top-1 %", False, "hand"))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A frozen-encoder probe score (``OnlineProbes``), for the models whose labelled shards carry it."""
+
+    name: str
+    title: str
+    unit: str
+    lower_is_better: bool
+
+
+PROBES = (Probe("keypoints_2d_pck", "2D keypoints", "PCK@0.1 %", False),
+          Probe("joints_3d_pa_mpjpe_mm", "3D joints", "PA-MPJPE mm", True),
+          Probe("joints_3d_mpjpe_mm", "3D joints", "MPJPE mm", True),
+          Probe("gesture_top1", "gesture", "top-1 %", False))
+
+
+@dataclass
+class Column:
+    """One column of the study's tables: a metric and each arm's values over the seeds (display units)."""
+
+    title: str
+    unit: str
+    lower_is_better: bool
+    values: dict[str, list[float]]
+
+    def cell(self, arm: str) -> tuple[float, float, int] | None:
+        """Mean, sample standard deviation and count of an arm's values, or None."""
+        values = self.values.get(arm)
+        return (*mean_spread(values), len(values)) if values else None
 
 
 class FinalMetrics(Callback):
-    """Writes the scalar metrics the run ends with (its last validation) to a JSON file.
+    """Writes the scalar metrics the run ends with (its last validation) and the online probes' scores
+    (each measurement: step 0, then every validation) to a JSON file.
 
     The study reads a run's numbers from here rather than from a logger, so a result exists only
     for a run that finished.
@@ -81,7 +131,10 @@ class FinalMetrics(Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         metrics = {name: value.item() for name, value in trainer.callback_metrics.items() if value.numel() == 1}
-        Path(self.path).write_text(json.dumps({"global_step": trainer.global_step, "metrics": metrics}, indent=2))
+        probes = [entry for callback in trainer.callbacks if isinstance(callback, OnlineProbes)
+                  for entry in callback.history]
+        Path(self.path).write_text(json.dumps({"global_step": trainer.global_step, "metrics": metrics,
+                                               "probes": probes}, indent=2))
 
 
 def load_preset(name: str) -> dict:
@@ -118,20 +171,18 @@ def ensure_data(preset: dict, dry_run: bool = False) -> dict[str, Path]:
     spec = preset["data"]
     root = Path(spec["root"])
     size, workers = spec["image_size"], spec.get("workers", 1)
-    jobs = {
-        "pairs": (write_pair_shards, {"num_groups": spec["pairs"]["groups"], "val_groups": spec["pairs"]["val_groups"],
-                                      "image_size": size, "cameras": spec["pairs"]["cameras"],
-                                      "times": spec["pairs"]["times"], "seed": spec.get("seed", 0),
-                                      "groups_per_shard": spec["pairs"]["per_shard"], "workers": workers}),
-        "bodies": (write_labelled_shards, {"task": "body", "num_samples": spec["bodies"]["samples"],
-                                           "val_samples": spec["bodies"]["val_samples"], "image_size": size,
-                                           "seed": spec.get("seed", 0),
-                                           "samples_per_shard": spec["bodies"]["per_shard"], "workers": workers}),
-        "hands": (write_labelled_shards, {"task": "hand", "num_samples": spec["hands"]["samples"],
-                                          "val_samples": spec["hands"]["val_samples"], "image_size": size,
-                                          "seed": spec.get("seed", 0), "samples_per_shard": spec["hands"]["per_shard"],
-                                          "workers": workers}),
-    }
+    seed = spec.get("seed", 0)
+    jobs = {}
+    for model in MODELS.values():
+        pairs = spec[model.pairs]
+        jobs[model.pairs] = (write_pair_shards, {
+            "num_groups": pairs["groups"], "val_groups": pairs["val_groups"], "image_size": size,
+            "cameras": pairs["cameras"], "times": pairs["times"], "seed": seed,
+            "groups_per_shard": pairs["per_shard"], "workers": workers, "task": model.synth_task})
+        labelled = spec[model.labelled]
+        jobs[model.labelled] = (write_labelled_shards, {
+            "task": model.synth_task, "num_samples": labelled["samples"], "val_samples": labelled["val_samples"],
+            "image_size": size, "seed": seed, "samples_per_shard": labelled["per_shard"], "workers": workers})
     paths = {"body_models": root / "body_models"}
     for name, (writer, kwargs) in jobs.items():
         out = paths[name] = root / name
@@ -170,11 +221,12 @@ def label_subset(shard_dir: Path, fraction: float, seed: int) -> list[str]:
 class Run:
     """One training run of the study: its config, directory and, for a fine-tune, what it starts from."""
 
-    key: str  # e.g. "pretrain/view+pose/seed0", "finetune/mae/gesture/10pct/seed1"
+    key: str  # e.g. "pretrain/body/view+pose/seed0", "finetune/mae/gesture/10pct/seed1"
     config: dict
     directory: Path
     arm: str
     seed: int
+    model: str
     task: Task | None = None
     fraction: float | None = None
     source: "Run | None" = None  # the pretraining run a fine-tune starts from
@@ -205,8 +257,9 @@ class Run:
 
 
 def run_config(base: str, run_dir: Path, name: str, group: str, job_type: str, seed: int, steps: int,
-               settings: dict, checkpoint: bool) -> dict:
-    """A task's own LightningCLI YAML with the study's budget, paths, seed and W&B group written in."""
+               settings: dict, checkpoint: bool, probes: dict | None = None) -> dict:
+    """A task's own LightningCLI YAML with the study's budget, paths, seed and W&B group written in, and
+    ``OnlineProbes`` with ``probes`` as its arguments (instead of the config's own) when given."""
     config = yaml.safe_load((REPO / base).read_text())
     config["seed_everything"] = seed
     trainer = config["trainer"]
@@ -215,7 +268,10 @@ def run_config(base: str, run_dir: Path, name: str, group: str, job_type: str, s
     trainer["logger"] = [{"class_path": "lightning_modules.loggers.WandbLogger",
                           "init_args": {"save_dir": str(run_dir), "name": name, "group": group,
                                         "job_type": job_type}}]
-    callbacks = [c for c in trainer.get("callbacks", []) if not c["class_path"].endswith("ModelCheckpoint")]
+    callbacks = [c for c in trainer.get("callbacks", [])
+                 if not c["class_path"].endswith(("ModelCheckpoint", "OnlineProbes"))]
+    if probes is not None:
+        callbacks.append({"class_path": "lightning_modules.probes.OnlineProbes", "init_args": probes})
     if checkpoint:  # only the last weights: what fine-tuning starts from
         callbacks.append({"class_path": "lightning_modules.callbacks.ModelCheckpoint",
                           "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True,
@@ -236,35 +292,40 @@ def plan(preset: dict, data: dict[str, Path], seeds: list[int], steps_scale: flo
               **{f"data.init_args.{k}": v for k, v in preset.get("loader", {}).items()}}
     pre = preset["pretrain"]
     pre_steps = max(1, round(pre["steps"] * steps_scale))
+    probe_samples = preset.get("probes", {}).get("samples", 600)
     pretrain_runs = {}
     for seed in seeds:
-        for arm, pair_args in ARMS.items():
-            if pair_args is None:
-                continue
-            directory = runs_root / "pretrain" / arm / f"seed{seed}"
-            settings = {**common, "data.init_args.train_shards": str(data["pairs"] / "train"),
-                        "data.init_args.val_shards": str(data["pairs"] / "val"),
-                        "data.init_args.batch_size": pre["batch_size"],
-                        "data.init_args.epoch_pairs": pre_steps * pre["batch_size"],
-                        **{f"data.init_args.{k}": v for k, v in pair_args.items()}, **pre.get("overrides", {})}
-            config = run_config(pre["config"], directory, f"pretrain-{arm}-s{seed}", group, "pretrain", seed,
-                                pre_steps, settings, checkpoint=True)
-            pretrain_runs[arm, seed] = Run(f"pretrain/{arm}/seed{seed}", config, directory, arm, seed)
+        for model in MODELS.values():
+            for arm, pair_args in ARMS.items():
+                if pair_args is None:
+                    continue
+                directory = runs_root / "pretrain" / model.name / arm / f"seed{seed}"
+                settings = {**common, "data.init_args.train_shards": str(data[model.pairs] / "train"),
+                            "data.init_args.val_shards": str(data[model.pairs] / "val"),
+                            "data.init_args.batch_size": pre["batch_size"],
+                            "data.init_args.epoch_pairs": pre_steps * pre["batch_size"],
+                            **{f"data.init_args.{k}": v for k, v in pair_args.items()}, **pre.get("overrides", {})}
+                probes = {"shards": str(data[model.labelled] / "val"), "samples": probe_samples, "missing": "error"}
+                config = run_config(pre["config"], directory, f"pretrain-{model.name}-{arm}-s{seed}", group,
+                                    "pretrain", seed, pre_steps, settings, checkpoint=True, probes=probes)
+                pretrain_runs[model.name, arm, seed] = Run(f"pretrain/{model.name}/{arm}/seed{seed}", config,
+                                                           directory, arm, seed, model.name)
     finetune_runs = []
     for seed in seeds:
         for task in TASKS:
             spec = preset["finetune"][task.name]
             steps = max(1, round(spec["steps"] * steps_scale))
+            labelled = data[MODELS[task.model].labelled]
             for fraction in preset["label_fractions"]:
-                train = data[task.shards] / "train"
                 # a dry run before the data exists validates the configs with the whole folder instead
-                shards = label_subset(train, fraction, seed) if train.is_dir() else [str(train)]
+                shards = label_subset(labelled / "train", fraction, seed) if (labelled / "train").is_dir() \
+                    else [str(labelled / "train")]
                 percent = f"{round(100 * fraction)}pct"
                 for arm in ARMS:
-                    source = pretrain_runs.get((arm, seed))
+                    source = pretrain_runs.get((task.model, arm, seed))
                     directory = runs_root / "finetune" / arm / task.name / percent / f"seed{seed}"
                     settings = {**common, "data.init_args.train_shards": shards,
-                                "data.init_args.val_shards": str(data[task.shards] / "val"),
+                                "data.init_args.val_shards": str(labelled / "val"),
                                 "data.init_args.batch_size": spec["batch_size"],
                                 "data.init_args.epoch_samples": steps * spec["batch_size"],
                                 "model.init_args.pretrained": str(source.checkpoint) if source else None}
@@ -274,7 +335,7 @@ def plan(preset: dict, data: dict[str, Path], seeds: list[int], steps_scale: flo
                                         "finetune", seed, steps, {**settings, **spec.get("overrides", {})},
                                         checkpoint=False)
                     finetune_runs.append(Run(f"finetune/{arm}/{task.name}/{percent}/seed{seed}", config, directory,
-                                             arm, seed, task, fraction, source))
+                                             arm, seed, task.model, task, fraction, source))
     return list(pretrain_runs.values()), finetune_runs
 
 
@@ -308,8 +369,13 @@ def execute(run: Run, dry_run: bool) -> dict | None:
     if not metrics_path.is_file():
         raise RuntimeError(f"{run.key}: fit ended without {metrics_path}; see the log above and {run.directory}")
     finished = json.loads(metrics_path.read_text())
-    result = {"key": run.key, "arm": run.arm, "seed": run.seed, "digest": run.digest,
+    result = {"key": run.key, "arm": run.arm, "seed": run.seed, "model": run.model, "digest": run.digest,
               "wall_seconds": round(time.perf_counter() - started, 1), **finished}
+    if run.task is None:  # a pretraining: the probes before its first step (the random encoder) and at its end
+        if len(finished["probes"]) < 2:
+            raise RuntimeError(f"{run.key}: the online probes measured {len(finished['probes'])} time(s), expected "
+                               f"at step 0 and after training; see the log above")
+        result |= {"probe_floor": finished["probes"][0][1], "probe_final": finished["probes"][-1][1]}
     if run.task is not None:
         value = finished["metrics"].get(run.task.metric)
         if value is None:
@@ -327,70 +393,105 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def display(task: Task, value: float) -> float:
-    return 100 * value if task.unit.endswith("%") else value
+def display(unit: str, value: float) -> float:
+    return 100 * value if unit.endswith("%") else value
 
 
-def summarise(results: list[dict], fractions: list[float]) -> dict:
-    """{task: {arm: {fraction: (mean, spread, n)}}} in display units."""
-    table: dict = {}
-    for task in TASKS:
-        for arm in ARMS:
-            for fraction in fractions:
-                values = [display(task, r["value"]) for r in results
-                          if r["task"] == task.name and r["arm"] == arm and r["fraction"] == fraction]
-                if values:
-                    table.setdefault(task.name, {}).setdefault(arm, {})[fraction] = (*mean_spread(values), len(values))
-    return table
+def probe_columns(records: list[dict]) -> list[Column]:
+    """Per model and probe score: arms (a)-(d) after pretraining, (e) the same seeds' random encoders
+    (every run measures its encoder before the first step; the arms of a seed start from the same one)."""
+    columns = []
+    for model in MODELS:
+        runs = [r for r in records if r["model"] == model]
+        for probe in PROBES:
+            if not runs or probe.name not in runs[0]["probe_final"]:
+                continue
+            values = {arm: [display(probe.unit, r["probe_final"][probe.name]) for r in runs if r["arm"] == arm]
+                      for arm in ARMS if ARMS[arm] is not None}
+            first_arm = next(iter(values))
+            values["scratch"] = [display(probe.unit, r["probe_floor"][probe.name]) for r in runs
+                                 if r["arm"] == first_arm]
+            columns.append(Column(f"{model} probe: {probe.title}", probe.unit, probe.lower_is_better, values))
+    return columns
 
 
-def verdicts(table: dict, fractions: list[float]) -> list[str]:
-    """Per column: the best arm, and whether full pretraining beats no pretraining by more than the spreads."""
-    lines = []
+def finetune_columns(records: list[dict], fractions: list[float]) -> list[Column]:
+    """Per task and label fraction: each arm's fine-tuned metric over the seeds."""
+    columns = []
     for task in TASKS:
         for fraction in fractions:
-            cells = {arm: table.get(task.name, {}).get(arm, {}).get(fraction) for arm in ARMS}
-            cells = {arm: cell for arm, cell in cells.items() if cell}
-            if not cells:
-                continue
-            best = (min if task.lower_is_better else max)(cells, key=lambda arm: cells[arm][0])
-            line = f"- {task.title}, {round(100 * fraction)}% labels: best {ARM_LABELS[best]}"
-            if "view+pose" in cells and "scratch" in cells:
-                (full, full_sd, _), (scratch, scratch_sd, _) = cells["view+pose"], cells["scratch"]
-                gain = (scratch - full) if task.lower_is_better else (full - scratch)
-                clear = abs(gain) > full_sd + scratch_sd
-                word = ("beats" if gain > 0 else "is worse than") if clear else "is within the seed spread of"
-                line += f"; (a) {word} (e) by {abs(gain):.2f} {task.unit.split()[-1]}"
-            lines.append(line)
+            values = {arm: [display(task.unit, r["value"]) for r in records
+                            if r["task"] == task.name and r["arm"] == arm and r["fraction"] == fraction] for arm in ARMS}
+            if any(values.values()):
+                columns.append(Column(f"{task.title} fine-tuned, {round(100 * fraction)}% labels", task.unit,
+                                      task.lower_is_better, values))
+    return columns
+
+
+def floors_agree(records: list[dict]) -> bool:
+    """Whether the arms of each model and seed measured the same random encoder before their first step."""
+    floors: dict = {}
+    for record in records:  # the scores, not the time they took
+        scores = {name: value for name, value in record["probe_floor"].items() if name != "seconds_total"}
+        floors.setdefault((record["model"], record["seed"]), []).append(scores)
+    return all(all(floor == group[0] for floor in group) for group in floors.values())
+
+
+def verdicts(columns: list[Column]) -> list[str]:
+    """Per column: the best arm, whether (a) beats (e) by more than the two spreads together, and the
+    order of the pretraining arms (a)-(d)."""
+    lines = []
+    for column in columns:
+        cells = {arm: column.cell(arm) for arm in ARMS if column.cell(arm)}
+        if not cells:
+            continue
+        best = (min if column.lower_is_better else max)(cells, key=lambda arm: cells[arm][0])
+        line = f"- {column.title}: best {ARM_LABELS[best]}"
+        if "view+pose" in cells and "scratch" in cells:
+            (full, full_sd, _), (scratch, scratch_sd, _) = cells["view+pose"], cells["scratch"]
+            gain = (scratch - full) if column.lower_is_better else (full - scratch)
+            clear = abs(gain) > full_sd + scratch_sd
+            word = ("beats" if gain > 0 else "is worse than") if clear else "is within the seed spread of"
+            line += f"; (a) {word} (e) by {abs(gain):.2f} {column.unit.split()[-1]}"
+        pretrained = [arm for arm in cells if arm != "scratch"]
+        order = sorted(pretrained, key=lambda arm: cells[arm][0], reverse=not column.lower_is_better)
+        line += "; pretrained arms best first: " + ", ".join(ARM_LABELS[arm].split()[0] for arm in order)
+        lines.append(line)
     return lines
 
 
 MAE_NOTE = ("Arm (d), single-image MAE: image 1 is drawn and masked exactly as in the pair arms; image 2 is a "
             "blank image, so the decoder (same network, same FLOPs) gets nothing about the hidden patches through "
             "its cross-attention. 'Image 2 = image 1' taken literally would let it copy them.")
+PROBE_NOTE = ("Probes (`lightning_modules/probes.py`) are fitted in closed form on the frozen encoder's tokens of "
+              "the first two thirds of the held-out labelled people and scored on the rest: 2D keypoints by a "
+              "per-token linear heat map (PCK at 10% of the image side), root-relative 3D joints and the gesture "
+              "class from pooled tokens by ridge regression. Row (e) is each seed's random encoder, measured by "
+              "every run before its first step.")
 SUBSET_NOTE = ("A fraction below 100% fine-tunes on a subset of the training shards drawn once per seed and shared "
                "by every arm, for the same number of steps as 100%. Every run's numbers: `results.json`; plot: "
                "`plot.png`.")
 
 
-def markdown(table: dict, fractions: list[float], header: dict) -> str:
-    columns = [(task, fraction) for task in TASKS for fraction in fractions]
-    heads = [f"{task.title} {round(100 * f)}% ({task.unit}, {'lower' if task.lower_is_better else 'higher'} "
-             f"is better)" for task, f in columns]
+def table(columns: list[Column]) -> list[str]:
+    heads = [f"{c.title} ({c.unit}, {'lower' if c.lower_is_better else 'higher'} is better)" for c in columns]
     rows = ["| pretraining | " + " | ".join(heads) + " |", "| --- |" + " --- |" * len(columns)]
     for arm in ARMS:
-        cells = []
-        for task, fraction in columns:
-            cell = table.get(task.name, {}).get(arm, {}).get(fraction)
-            cells.append(f"{cell[0]:.2f} ± {cell[1]:.2f}" if cell else "–")
-        rows.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
+        cells = [column.cell(arm) for column in columns]
+        rows.append(f"| {ARM_LABELS[arm]} | " + " | ".join(f"{c[0]:.2f} ± {c[1]:.2f}" if c else "–" for c in cells)
+                    + " |")
+    return rows
+
+
+def markdown(probes: list[Column], finetunes: list[Column], header: dict) -> str:
     seeds = ", ".join(map(str, header["seeds"]))
     return "\n".join([
         f"# Pretraining study, preset `{header['preset']}`", "",
-        f"Cells: mean ± sample standard deviation over seeds {seeds} (one fine-tune per seed).", "",
-        *rows, "",
-        "Reading (computed from the table; 'beats' means by more than the two spreads together):", "",
-        *verdicts(table, fractions), "",
+        f"Cells: mean ± sample standard deviation over seeds {seeds} (one run per seed).", "",
+        "## Frozen probes", "", *table(probes), "",
+        "## Fine-tuning", "", *table(finetunes), "",
+        "Reading (computed from the tables; 'beats' means by more than the two spreads together):", "",
+        *verdicts(probes + finetunes), "",
         "| | |", "| --- | --- |",
         f"| command | `{header['command']}` |",
         f"| commit | `{header['commit']}` |",
@@ -400,6 +501,9 @@ def markdown(table: dict, fractions: list[float], header: dict) -> str:
         f"| machine | {header['machine']} |",
         f"| finished | {header['finished']} |", "",
         "Budget per arm: " + header["budget"], "",
+        PROBE_NOTE + (" The arms of each seed started from the same random encoder (their step-0 probe scores are "
+                      "identical)." if header["floors_agree"] else " NOTE: the arms of a seed did not measure the "
+                      "same step-0 scores; row (e) is arm (a)'s."), "",
         MAE_NOTE, "", SUBSET_NOTE, ""])
 
 
@@ -407,58 +511,48 @@ COLOURS = {"view+pose": (214, 39, 40), "view": (31, 119, 180), "pose": (44, 160,
            "scratch": (90, 90, 90)}
 
 
-def plot(table: dict, fractions: list[float], path: Path) -> None:
-    """Metric vs label fraction, one panel per task, one line (with seed-spread bars) per pretraining arm."""
-    panel_w, panel_h, margin = 460, 340, 60
-    image = Image.new("RGB", (panel_w * len(TASKS), panel_h + 110), "white")
+def plot(columns: list[Column], path: Path, per_row: int = 4) -> None:
+    """One panel per column: each arm's seeds (small dots) and mean with its seed spread (bar)."""
+    panel_w, panel_h, margin = 300, 230, 48
+    rows = math.ceil(len(columns) / per_row)
+    image = Image.new("RGB", (panel_w * min(per_row, len(columns)), panel_h * rows + 50), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    xs = [math.log10(f) for f in fractions]
-    x_lo, x_hi = min(xs) - 0.15, max(xs) + 0.15
-    for index, task in enumerate(TASKS):
-        left = index * panel_w
-        cells = table.get(task.name, {})
-        values = [m + s * sign for arm in cells.values() for m, s, _ in arm.values() for sign in (-1, 1)]
+    for index, column in enumerate(columns):
+        left, top = (index % per_row) * panel_w, (index // per_row) * panel_h
+        values = [v for vs in column.values.values() for v in vs]
         if not values:
             continue
         y_lo, y_hi = min(values), max(values)
-        pad = 0.08 * (y_hi - y_lo or 1.0)
+        pad = 0.1 * (y_hi - y_lo or 1.0)
         y_lo, y_hi = y_lo - pad, y_hi + pad
 
-        def to_px(x: float, y: float, left: int = left, y_lo: float = y_lo, y_hi: float = y_hi) -> tuple[float, float]:
-            return (left + margin + (x - x_lo) / (x_hi - x_lo) * (panel_w - margin - 20),
-                    20 + (y_hi - y) / (y_hi - y_lo) * (panel_h - 60))
+        def to_y(y: float, top: int = top, y_lo: float = y_lo, y_hi: float = y_hi) -> float:
+            return top + 30 + (y_hi - y) / (y_hi - y_lo) * (panel_h - 60)
 
-        x0, y0 = to_px(x_lo, y_lo)
-        x1, y1 = to_px(x_hi, y_hi)
-        draw.rectangle((x0, y1, x1, y0), outline="black")
-        for tick in range(5):
-            y = y_lo + (y_hi - y_lo) * tick / 4
-            _, py = to_px(x_lo, y)
-            draw.line((x0 - 4, py, x0, py), fill="black")
-            draw.text((left + 4, py - 6), f"{y:.1f}", fill="black", font=font)
-        for fraction, x in zip(fractions, xs):
-            px, _ = to_px(x, y_lo)
-            draw.line((px, y0, px, y0 + 4), fill="black")
-            draw.text((px - 12, y0 + 8), f"{round(100 * fraction)}%", fill="black", font=font)
-        better = "lower" if task.lower_is_better else "higher"
-        draw.text((left + margin, y0 + 24), f"{task.title}: {task.unit} vs label fraction ({better} is better)",
-                  fill="black", font=font)
+        draw.rectangle((left + margin, to_y(y_hi), left + panel_w - 10, to_y(y_lo)), outline="black")
+        for tick in range(4):
+            y = y_lo + (y_hi - y_lo) * tick / 3
+            draw.text((left + 4, to_y(y) - 6), f"{y:.3g}", fill="black", font=font)
+        better = "lower" if column.lower_is_better else "higher"
+        draw.text((left + 6, top + 6), f"{column.title}", fill="black", font=font)
+        draw.text((left + 6, top + 16), f"{column.unit} ({better} is better)", fill="black", font=font)
+        step = (panel_w - margin - 10) / len(ARMS)
         for rank, (arm, colour) in enumerate(COLOURS.items()):
-            shift = (rank - 2) * 5  # pixels, so that the spread bars of the arms do not hide each other
-            points = [(to_px(x, cells[arm][f][0]), to_px(x, cells[arm][f][0] - cells[arm][f][1]),
-                       to_px(x, cells[arm][f][0] + cells[arm][f][1]))
-                      for f, x in zip(fractions, xs) if f in cells.get(arm, {})]
-            points = [((px + shift, py), lo, hi) for (px, py), (_, lo), (_, hi) in points]
-            if len(points) > 1:
-                draw.line([p for p, _, _ in points], fill=colour, width=2)
-            for (px, py), lo, hi in points:
-                draw.line((px, lo, px, hi), fill=colour, width=2)
-                draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
+            x = left + margin + step * (rank + 0.5)
+            cell = column.cell(arm)
+            if cell is None:
+                continue
+            for value in column.values[arm]:
+                draw.ellipse((x + 6, to_y(value) - 2, x + 10, to_y(value) + 2), fill=colour)
+            mean, spread, _ = cell
+            draw.line((x, to_y(mean - spread), x, to_y(mean + spread)), fill=colour, width=2)
+            draw.ellipse((x - 4, to_y(mean) - 4, x + 4, to_y(mean) + 4), fill=colour)
+            draw.text((x - 8, to_y(y_lo) + 4), ARM_LABELS[arm].split()[0], fill="black", font=font)
     for index, (arm, colour) in enumerate(COLOURS.items()):
-        x, y = 20 + (index % 3) * 300, panel_h + 50 + (index // 3) * 20
-        draw.line((x, y + 6, x + 24, y + 6), fill=colour, width=3)
-        draw.text((x + 30, y), ARM_LABELS[arm], fill="black", font=font)
+        x, y = 10 + index * 230, panel_h * rows + 20
+        draw.line((x, y + 6, x + 20, y + 6), fill=colour, width=3)
+        draw.text((x + 26, y), ARM_LABELS[arm], fill="black", font=font)
     image.save(path)
 
 
@@ -480,7 +574,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="crocoman-study", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", default="cpu", help="configs/study/<name>.yaml, or a path to a preset YAML")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/study"), help="results go to OUT/<preset>/")
     parser.add_argument("--runs", type=Path, default=Path("runs/study"), help="run directories go to RUNS/<preset>/")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every run's steps (at least 1)")
@@ -513,25 +607,27 @@ def run_study(argv: list[str] | None = None) -> dict:
         print(f"study: dry run: {len(records)} run configs validated under {runs_root}")
         return {}
     pretrain_records, finetune_records = records[:len(pretrain_runs)], records[len(pretrain_runs):]
-    fractions = sorted(preset["label_fractions"])
-    table = summarise(finetune_records, fractions)
+    probes = probe_columns(pretrain_records)
+    finetunes = finetune_columns(finetune_records, sorted(preset["label_fractions"]))
     header |= {"wall_seconds": time.perf_counter() - started,
                "run_seconds": sum(r["wall_seconds"] for r in records),
                "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "floors_agree": floors_agree(pretrain_records),
                "budget": (f"pretraining {round(preset['pretrain']['steps'] * args.steps_scale)} steps x batch "
-                          f"{preset['pretrain']['batch_size']}; " + "; ".join(
+                          f"{preset['pretrain']['batch_size']} per model ({', '.join(MODELS)}); " + "; ".join(
                               f"{t.title} {round(preset['finetune'][t.name]['steps'] * args.steps_scale)} steps x "
-                              f"batch {preset['finetune'][t.name]['batch_size']}" for t in TASKS)
+                              f"batch {preset['finetune'][t.name]['batch_size']} from the {t.model} model"
+                              for t in TASKS)
                           + f"; backbone {preset['backbone']}, {preset['data']['image_size']} px")}
     out = args.out / preset["name"]
     out.mkdir(parents=True, exist_ok=True)
     report = {**header, "wall_seconds": round(header["wall_seconds"], 1), "preset_config": preset,
               "pretrain": pretrain_records, "finetune": finetune_records,
-              "table": {task: {arm: {str(f): {"mean": m, "spread": s, "n": n} for f, (m, s, n) in cells.items()}
-                               for arm, cells in arms.items()} for task, arms in table.items()}}
+              "columns": [{"title": c.title, "unit": c.unit, "lower_is_better": c.lower_is_better,
+                           "values": c.values} for c in probes + finetunes]}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(table, fractions, header))
-    plot(table, fractions, out / "plot.png")
+    (out / "results.md").write_text(markdown(probes, finetunes, header))
+    plot(probes + finetunes, out / "plot.png")
     print(f"study: {len(finetune_records)} fine-tunes over {len(pretrain_records)} pretrainings in "
           f"{header['wall_seconds'] / 60:.1f} min -> {out / 'results.md'}, results.json, plot.png")
     return report
