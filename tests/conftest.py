@@ -1,9 +1,11 @@
 """Shared fixtures: real shards on disk, written by our own synthetic-world tool."""
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,6 +36,16 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def seeded() -> None:
+    """Every test starts from the same random state, whatever ran before it in this process: DataModules seed
+    their streams from ``torch.initial_seed()``, so an earlier test's seed would otherwise change what a later
+    one reads (and a test would pass or fail depending on which tests ran first)."""
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
 
 
 @pytest.fixture(autouse=True)

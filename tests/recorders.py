@@ -5,7 +5,9 @@ import os
 import signal
 from pathlib import Path
 
+import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torch._dynamo.utils import counters
 from torch.distributed._composable.contract import _get_registry
@@ -96,3 +98,50 @@ class FailOnRank(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             raise RuntimeError(f"injected failure on rank {self.rank} at step {self.step}")
+
+
+class PoisonOnRank(Callback):
+    """Makes the loss of optimizer step ``step + 1`` non-finite on rank ``rank`` only (its images become NaN),
+    as one bad batch on one GPU does."""
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            batch["image1"].fill_(float("nan"))
+
+
+class ParameterTrace(Callback):
+    """Saves, per rank, every parameter (flattened) before each optimizer step and at the end, and the
+    ``NonFiniteGuard``'s count of skipped steps, to ``CROCOMAN_RECORD_DIR/parameters-rank<r>.pt``."""
+
+    def __init__(self) -> None:
+        self.before_step: dict[int, Tensor] = {}
+
+    @staticmethod
+    def flat(module: LightningModule) -> Tensor:
+        return torch.cat([p.detach().flatten() for p in module.parameters()]).clone()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        self.before_step[trainer.global_step] = self.flat(pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        guards = [c for c in trainer.callbacks if type(c).__name__ == "NonFiniteGuard"]
+        torch.save({"before_step": self.before_step, "final": self.flat(pl_module),
+                    "skipped_steps": [guard.skipped_steps for guard in guards]},
+                   Path(os.environ["CROCOMAN_RECORD_DIR"], f"parameters-rank{trainer.global_rank}.pt"))
+
+
+class WandbRun(Callback):
+    """Appends the W&B run's id and folder, as W&B reports them, to ``CROCOMAN_RECORD_DIR/wandb-runs.jsonl``
+    (rank 0, which holds the run)."""
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                with Path(os.environ["CROCOMAN_RECORD_DIR"], "wandb-runs.jsonl").open("a") as file:
+                    file.write(json.dumps({"id": run.id, "folder": str(Path(run.settings.sync_dir).resolve())}) + "\n")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import smplx
 import torch
+import webdataset as wds
 from PIL import Image, ImageDraw
 
 from datamodules import LabelledDataModule, MeshDataModule
@@ -329,6 +330,30 @@ def test_rle_decoding_inverts_pycocotools_encoding() -> None:
     np.testing.assert_array_equal(decode_rle(rle_string(mask), 256, 256), mask)
 
 
+def crop_cameras(out: Path, split: str) -> dict[str, tuple[np.ndarray, list[float]]]:
+    """Per sample of `out/split`: its crop's K and the person's (or hand's) box in crop pixels, as stored."""
+    cameras = {}
+    for sample in wds.WebDataset(sorted(str(p) for p in (out / split).glob("*.tar")), shardshuffle=False):
+        label = json.loads(sample["json"])
+        cameras[sample["__key__"]] = (np.array(label["K"]), label["bbox"])
+    return cameras
+
+
+def assert_nominal_camera(crop_K: np.ndarray, crop_box: list[float], source_box: list[float],
+                          image_size: tuple[int, int]) -> None:
+    """The README's nominal camera of an uncalibrated image: focal = the image diagonal, principal point at
+    its centre ((W - 1) / 2, (H - 1) / 2 in pixel-centre coordinates). The crop's box is the source box under
+    the crop's scale and shift, which take the crop's K back to the source image."""
+    (x, y, w, h), (crop_x, crop_y, crop_w, crop_h) = source_box, crop_box
+    scale = crop_w / w
+    assert crop_h / h == pytest.approx(scale, rel=1e-5) and crop_K[0, 1] == crop_K[1, 0] == 0
+    width, height = image_size
+    diagonal = (width**2 + height**2) ** 0.5
+    source = (crop_K[0, 0] / scale, crop_K[1, 1] / scale, x + (crop_K[0, 2] - crop_x) / scale,
+              y + (crop_K[1, 2] - crop_y) / scale)
+    assert source == pytest.approx((diagonal, diagonal, (width - 1) / 2, (height - 1) / 2), rel=1e-5)
+
+
 DP_WIDTH, DP_HEIGHT = 120, 100
 DP_BOX = [30.0, 12.0, 40.0, 80.0]  # x, y, w, h of the annotated person
 
@@ -387,6 +412,10 @@ def test_densepose_coco_points_and_background_land_in_the_crop(tmp_path: Path, n
     assert manifest["skipped"] == {"corrupt DensePose mask": 1} and manifest["people_without_densepose"] == 1
     assert (manifest["splits"]["train"]["samples"], manifest["splits"]["val"]["samples"]) == (1, 1)
     assert len(manifest["densepose_parts"]) == 24
+    assert "focal = source image diagonal" in manifest["intrinsics"]
+    for split in "train", "val":
+        (K, crop_box), = crop_cameras(out, split).values()
+        assert_nominal_camera(K, crop_box, DP_BOX, (DP_WIDTH, DP_HEIGHT))
 
     for split, has_masks in ("train", True), ("val", False):
         batch = first_batch(out, split, ("json", "iuv.png"), batch_size=1)
@@ -420,6 +449,20 @@ HAGRID_COLOURS = {"like": (220, 40, 40), "peace": (40, 220, 40), "thumb_index2":
                   "no_gesture": (220, 220, 40)}
 
 
+HAGRID_IMAGE_SIZE = (160, 90)
+# [x, y, w, h] as fractions of the image: each image's gesture hand, its idle hand, or two hands' united box
+HAGRID_GESTURE_BOX, HAGRID_IDLE_BOX = [0.1, 0.2, 0.2, 0.4], [0.6, 0.4, 0.15, 0.3]
+HAGRID_UNITED_BOX = [0.1, 0.3, 0.35, 0.3]
+
+
+def hagrid_source_box(key: str) -> list[float]:
+    """The box in pixels that sample `key` (hagrid_<image id>_<box number>) was cropped from in `write_hagrid`."""
+    image_id, number = key.removeprefix("hagrid_").rsplit("_", 1)
+    box = HAGRID_UNITED_BOX if image_id.startswith("thu") else [HAGRID_GESTURE_BOX, HAGRID_IDLE_BOX][int(number)]
+    width, height = HAGRID_IMAGE_SIZE
+    return [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
+
+
 def write_hagrid(root: Path, version: int) -> None:
     """A HaGRID copy in the v1 or v2 layout: per-gesture image folders and annotation files, each
     hand drawn as a rectangle in its class's colour (two-handed gestures: the united box)."""
@@ -434,18 +477,19 @@ def write_hagrid(root: Path, version: int) -> None:
             annotations = {}
             for number in range(2):
                 image_id = f"{gesture[:3]}{split}{number}-0000-4000-8000-{rng.integers(1e12):012d}"
-                picture = Image.new("RGB", (160, 90), (128, 128, 128))
+                picture = Image.new("RGB", HAGRID_IMAGE_SIZE, (128, 128, 128))
                 if gesture == "thumb_index2":  # two hands making one gesture, plus their united box
                     boxes, labels = [[0.1, 0.3, 0.15, 0.3], [0.3, 0.3, 0.15, 0.3]], [gesture, gesture]
-                    extra = {"united_bbox": [[0.1, 0.3, 0.35, 0.3]], "united_label": [gesture]}
-                    drawn = [([0.1, 0.3, 0.35, 0.3], gesture)]
+                    extra = {"united_bbox": [HAGRID_UNITED_BOX], "united_label": [gesture]}
+                    drawn = [(HAGRID_UNITED_BOX, gesture)]
                 else:  # the gesture and a second, idle hand
-                    boxes, labels = [[0.1, 0.2, 0.2, 0.4], [0.6, 0.4, 0.15, 0.3]], [gesture, "no_gesture"]
+                    boxes, labels = [HAGRID_GESTURE_BOX, HAGRID_IDLE_BOX], [gesture, "no_gesture"]
                     extra = {"united_bbox": None, "united_label": None} if version == 2 else {"leading_hand": "right"}
                     drawn = list(zip(boxes, labels))
+                width, height = HAGRID_IMAGE_SIZE
                 for (x, y, w, h), label in drawn:
-                    ImageDraw.Draw(picture).rectangle((x * 160, y * 90, (x + w) * 160 - 1, (y + h) * 90 - 1),
-                                                      fill=HAGRID_COLOURS[label])
+                    ImageDraw.Draw(picture).rectangle((x * width, y * height, (x + w) * width - 1,
+                                                       (y + h) * height - 1), fill=HAGRID_COLOURS[label])
                 picture.save(images / f"{image_id}.jpg")
                 annotations[image_id] = {"bboxes": boxes, "labels": labels, "user_id": f"user{number}", **extra}
             (root / folder).mkdir(parents=True, exist_ok=True)
@@ -481,6 +525,11 @@ def test_hagrid_crops_show_their_class(tmp_path: Path, version: int, drop_no_ges
         centre = batch["image"][:, :, SIZE // 2, SIZE // 2] * 255
         expected = torch.tensor([HAGRID_COLOURS[classes[label]] for label in batch["label"]], dtype=torch.float32)
         torch.testing.assert_close(centre, expected, atol=30, rtol=0)  # JPEG twice
+        cameras = crop_cameras(out, split)
+        assert len(cameras) == manifest["splits"][split]["samples"]
+        for key, (K, crop_box) in cameras.items():
+            assert_nominal_camera(K, crop_box, hagrid_source_box(key), HAGRID_IMAGE_SIZE)
+    assert "focal = source image diagonal" in manifest["intrinsics"]
     # A second run finds every shard complete and rewrites nothing.
     main(arguments)
     assert json.loads((out / "manifest.json").read_text())["splits"]["train"]["resumed_shards"] == len(

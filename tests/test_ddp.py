@@ -2,6 +2,7 @@
 snippets, as a cluster job runs them."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -50,6 +51,8 @@ def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shard
     result = run_two_ranks(ddp_shards, snippet, tmp_path, "--trainer.callbacks+=tests.recorders.BatchRecorder",
                            f"--model.init_args.activation_checkpointing={sharded}", f"--data.augment_on={augment_on}")
     assert result.returncode == 0, result.stderr[-3000:]
+    # cpu_demo.yaml's lr 2e-3 is for a global batch of 256; here 2 pairs x 2 ranks: 2e-3 x 4 / 256, said once
+    assert result.stderr.count("AdamW: peak lr 3.13e-05 (base 0.002 x global batch 4 / 256)") == 1
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world_size"] == 2 and r["blocks_sharded"] == sharded for r in ranks)
     assert all(r["blocks_checkpointed"] == sharded for r in ranks)
@@ -65,6 +68,35 @@ def test_a_failing_rank_brings_the_job_down_with_its_error(ddp_shards, tmp_path)
                            "--trainer.callbacks.rank=1", "--trainer.callbacks.step=3")
     assert result.returncode != 0
     assert "injected failure on rank 1 at step 3" in result.stderr
+
+
+def test_a_non_finite_loss_on_one_rank_skips_that_step_on_every_rank(ddp_shards, tmp_path):
+    """``NonFiniteGuard(action="skip")`` under DDP: rank 1's loss of step 3 is NaN, rank 0's is finite. DDP's
+    all-reduce makes the gradients non-finite on both ranks, so both drop that update (no rank waits for
+    another), then train on, and their weights stay identical."""
+    skip = tmp_path / "skip.yaml"  # replaces the config's callbacks, whose guard stops instead
+    skip.write_text("trainer:\n  callbacks:\n    - class_path: lightning_modules.callbacks.NonFiniteGuard\n"
+                    "      init_args:\n        action: skip\n")
+    result = run_two_ranks(ddp_shards, "ddp.yaml", tmp_path, "-c", str(skip),
+                           "--trainer.callbacks+=tests.recorders.PoisonOnRank", "--trainer.callbacks.rank=1",
+                           "--trainer.callbacks.step=2", "--trainer.callbacks+=tests.recorders.ParameterTrace",
+                           "--trainer.callbacks+=tests.recorders.TrainStream", "--trainer.max_steps=4",
+                           "--trainer.limit_val_batches=0", "--trainer.enable_checkpointing=false",
+                           "--data.num_workers=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [{record["step"]: record["loss"] for record in map(json.loads, (tmp_path / f"stream-rank{rank}.jsonl")
+                                                                 .read_text().splitlines())} for rank in range(2)]
+    assert sorted(losses[0]) == sorted(losses[1]) == [1, 2, 3, 4]
+    assert math.isnan(losses[1][3]) and math.isfinite(losses[0][3])  # one rank's loss only
+    traces = [torch.load(tmp_path / f"parameters-rank{rank}.pt", weights_only=True) for rank in range(2)]
+    for trace in traces:
+        before = trace["before_step"]
+        assert trace["skipped_steps"] == [1]
+        assert torch.equal(before[3], before[2])  # step 3 changed nothing ...
+        assert not torch.equal(before[2], before[1]) and not torch.equal(trace["final"], before[3])  # ... others did
+        assert torch.isfinite(trace["final"]).all()
+    assert torch.equal(traces[0]["final"], traces[1]["final"])
+    assert all(math.isfinite(losses[rank][4]) for rank in range(2))
 
 
 @pytest.mark.parametrize("snippet", ["ddp.yaml", "fsdp2.yaml"])
@@ -100,7 +132,8 @@ def test_compiled_blocks_train_as_eager_ones_on_two_ranks(ddp_shards, tmp_path, 
 def test_fsdp2_runs_resume_from_their_distributed_checkpoint_and_wandb_run(ddp_shards, tmp_path):
     """FSDP2 writes `last.ckpt` as a folder (sharded tensors + metadata); `--ckpt_path last` continues from it:
     step counter and the same W&B run."""
-    wandb_logger = ("--trainer.logger=lightning_modules.loggers.WandbLogger", "--trainer.logger.save_dir=wb")
+    wandb_logger = ("--trainer.logger=lightning_modules.loggers.WandbLogger", "--trainer.logger.save_dir=wb",
+                    "--trainer.callbacks+=tests.recorders.WandbRun")
     first = run_two_ranks(ddp_shards, "fsdp2.yaml", tmp_path, *wandb_logger)
     assert first.returncode == 0, first.stderr[-3000:]
     last = tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt"
@@ -110,8 +143,9 @@ def test_fsdp2_runs_resume_from_their_distributed_checkpoint_and_wandb_run(ddp_s
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metadata = torch.load(last / "meta.pt", weights_only=True)
     assert metadata["global_step"] == 12
-    runs = sorted((tmp_path / "wb/wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and {run.name.split("-")[3] for run in runs} == {metadata["wandb_run_id"]}
+    runs = [json.loads(line) for line in (tmp_path / "wandb-runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 2 and {run["id"] for run in runs} == {metadata["wandb_run_id"]}  # one run, continued
+    assert {Path(run["folder"]) for run in runs} == set((tmp_path / "wb/wandb").glob("offline-run-*"))
     # Fine-tuning starts from the folder as from a file (`pretrained: .../last.ckpt`): full, trained tensors.
     backbone = CroCoNet(img_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
                         decoder_num_heads=2)

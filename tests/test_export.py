@@ -9,6 +9,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from backbone import CroCoNet
 from backbone.weights import build_from_croco, load_into_timm
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL, data_args
@@ -42,6 +43,21 @@ def test_export_croco_and_timm_from_a_trained_run(pair_shards, tmp_path, monkeyp
                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "cli.safetensors").is_file() and done.stderr.strip() == ""
+    # That file, loaded by timm's own (strict) loader into a RoPE ViT without class token, as the export is meant
+    # to be used, computes the tokens of the trained encoder: timm normalising with its preset's mean and std.
+    encoder = CroCoNet(img_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                       decoder_num_heads=2).eval()
+    encoder.load_state_dict({k.removeprefix("backbone."): v for k, v in checkpoint.items()
+                             if k.startswith("backbone.")})
+    vit = timm.create_model("vit_base_patch16_rope_224", pretrained=True, img_size=64, embed_dim=32, depth=2,
+                            num_heads=2, class_token=False, global_pool="avg", num_classes=0,
+                            pretrained_cfg_overlay={"file": str(tmp_path / "cli.safetensors")}).eval()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    mean, std = (torch.tensor(vit.pretrained_cfg[name]).view(1, 3, 1, 1) for name in ("mean", "std"))
+    with torch.no_grad():
+        ours = encoder.encode(images)[0]
+        torch.testing.assert_close(vit.forward_features((images - mean) / std), ours, rtol=1e-5, atol=1e-5)
+        assert ours.shape == (2, 16, 32) and ours.std() > 0.1  # tokens of every patch, not a constant
     # ... and non-zero, naming the file, when the checkpoint is not there.
     failed = subprocess.run([command, "--config", str(run / "config.yaml"), "--checkpoint", "missing.ckpt",
                              "--format", "timm", "--out", "x.safetensors"], capture_output=True, text=True)

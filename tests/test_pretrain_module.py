@@ -1,3 +1,6 @@
+import logging
+
+import pytest
 import torch
 from lightning import Callback, Trainer
 
@@ -49,6 +52,23 @@ def test_optimizer_recipe(pair_shards, tmp_path):
     assert capture.optimizer.defaults["betas"] == (0.9, 0.95)
     assert [g["initial_lr"] for g in capture.optimizer.param_groups] == [peak, peak]
     assert trainer.global_step == 4
+
+
+def test_lr_scales_with_devices_nodes_and_accumulation_and_is_printed(caplog):
+    """The configured lr is for a global batch of 256; the peak used is lr x batch x devices x nodes x
+    accumulation / 256, and start-up says so. A 3-node x 2-device trainer, built but not launched."""
+    module = tiny_module(lr=1e-3, warmup_steps=0)
+    trainer = Trainer(accelerator="cpu", strategy="ddp", devices=2, num_nodes=3, accumulate_grad_batches=2,
+                      max_epochs=-1, max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    data = PairDataModule("unused", batch_size=4)  # only its batch size is read
+    module.trainer = trainer
+    trainer.strategy.connect(module)
+    trainer._data_connector.attach_datamodule(module, datamodule=data)
+    with caplog.at_level(logging.INFO):
+        optimizer = module.configure_optimizers()["optimizer"]
+    peak = 1e-3 * 4 * 2 * 3 * 2 / 256
+    assert [group["initial_lr"] for group in optimizer.param_groups] == pytest.approx([peak, peak], rel=1e-12)
+    assert "AdamW: peak lr 0.000188 (base 0.001 x global batch 48 / 256)" in caplog.text
 
 
 def test_activation_checkpointing_gives_the_same_gradients():

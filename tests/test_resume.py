@@ -131,16 +131,15 @@ def test_resuming_continues_the_wandb_run(pair_shards, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     args = ["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4)]
-    main([*args, "--trainer.max_steps=2"])
-    wandb.finish()
-    main([*args, "--trainer.max_steps=4", "--ckpt_path=last"])
-    runs = sorted((tmp_path / "runs/pretrain_cpu_demo/wandb").glob("offline-run-*"))
-    assert len(runs) == 2
-    # offline-run-<date>_<time>-<run id>, plus "-1" when both runs started within the same second
-    run_ids = [run.name.split("-")[3] for run in runs]
-    assert run_ids[0] == run_ids[1]  # same run id, appended to
+    runs = []  # (run id, the run's folder), as W&B reports them
+    for extra in ["--trainer.max_steps=2"], ["--trainer.max_steps=4", "--ckpt_path=last"]:
+        main([*args, *extra])
+        runs.append((wandb.run.id, (tmp_path / wandb.run.settings.sync_dir).resolve()))
+        wandb.finish()
+    assert runs[0][0] == runs[1][0]  # same run id, appended to
+    assert {folder for _, folder in runs} == set((tmp_path / "runs/pretrain_cpu_demo/wandb").glob("offline-run-*"))
     checkpoint = torch.load(tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == 4 and checkpoint["wandb_run_id"] == run_ids[0]
+    assert checkpoint["global_step"] == 4 and checkpoint["wandb_run_id"] == runs[0][0]
 
 
 class WorseningModule(LightningModule):
