@@ -57,8 +57,9 @@ def log_picture(trainer: Trainer, key: str, image: Tensor) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(image, path)
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key, [image], step=trainer.global_step)
+        if isinstance(logger, WandbLogger):  # uint8 as saved: wandb.Image casts floats to uint8 without scaling
+            pixels = image.detach().mul(255).add(0.5).clamp(0, 255).to("cpu", torch.uint8)
+            logger.log_image(key, [pixels], step=trainer.global_step)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, image, trainer.global_step)
     return path

@@ -222,8 +222,6 @@ def test_the_logged_confusion_matrix_carries_the_manifests_class_names(confusion
     assert not torch.equal(confusion_picture(confusion, CLASS_NAMES), confusion_picture(confusion, CLASS_NAMES[::-1]))
 
 
-@pytest.mark.xfail(strict=True, reason="wandb 0.31's Image casts float tensors to uint8 without scaling by 255, so "
-                                       "log_picture's [0, 1] pictures arrive in W&B black (values 0 and 1)")
 def test_the_confusion_picture_in_wandb_is_the_saved_one(confusion_run):
     (uploaded,) = (confusion_run["wandb_files"] / "media/images/val").glob("confusion_*.png")
     in_wandb = torch.from_numpy(np.asarray(Image.open(uploaded).convert("RGB"))).permute(2, 0, 1)
