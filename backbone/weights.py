@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from backbone.croco import CroCoNet
-from heads.completion import CompletionHead
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +104,9 @@ def croco_kwargs_to_ours(croco_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {ours: merged[theirs] for theirs, ours in CROCO_TO_OURS.items()}
 
 
-def to_croco_checkpoint(backbone: CroCoNet, head: CompletionHead) -> dict[str, Any]:
-    """Our weights in the CroCo v2 release layout, so naver/croco code can open them."""
+def to_croco_checkpoint(backbone: CroCoNet, head: nn.Module) -> dict[str, Any]:
+    """Our weights in the CroCo v2 release layout, so naver/croco code can open them (``head``: a
+    ``heads.CompletionHead``, whose ``proj`` is CroCo's ``prediction_head``)."""
     if backbone.enc_norm.eps != 1e-6:
         raise ValueError(f"CroCo always uses LayerNorm eps 1e-6; this backbone has norm_eps={backbone.enc_norm.eps}")
     state = {k: v.squeeze(0) if k.endswith("pos_embed") else v for k, v in backbone.state_dict().items()}
@@ -166,7 +166,7 @@ def _compare(own: Mapping[str, Tensor], state: Mapping[str, Tensor], source: str
 
 
 def load_croco(path_or_state: str | os.PathLike | Mapping[str, Any], backbone: CroCoNet,
-               head: CompletionHead | None = None, strict: bool = False) -> KeyReport:
+               head: nn.Module | None = None, strict: bool = False) -> KeyReport:
     """Load a CroCo v1/v2 release, CroCo training checkpoint, plain state dict or our Lightning checkpoint.
 
     Without a head, ``prediction_head`` weights are reported as unexpected. With ``strict`` nothing is
@@ -180,15 +180,6 @@ def load_croco(path_or_state: str | os.PathLike | Mapping[str, Any], backbone: C
         report.raise_if_incomplete()
     target.load_state_dict(loadable, strict=False)
     return report
-
-
-def build_from_croco(path: str | os.PathLike) -> tuple[CroCoNet, CompletionHead, KeyReport]:
-    """The network a CroCo file describes (its ``croco_kwargs``, or v1 defaults), strictly loaded."""
-    checkpoint = read_checkpoint(path)
-    backbone = CroCoNet(**croco_kwargs_to_ours(checkpoint.get("croco_kwargs", {})))
-    head = CompletionHead()
-    head.bind(backbone)
-    return backbone, head, load_croco(checkpoint, backbone, head, strict=True)
 
 
 def load_encoder(path_or_state: str | os.PathLike | Mapping[str, Any], backbone: CroCoNet) -> KeyReport:

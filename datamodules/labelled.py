@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from body.layouts import NUM_PARTS
 from datamodules.base import ShardDataModule
 from datamodules.color import jittered
 from datamodules.decode import crop_affine, decode, decode_crop, image_size, random_box, resized_crop, to_tensor
 from datamodules.shards import expand_shards
-from heads.dense import NUM_PARTS
 
 LABEL_KEYS = ("cls", "json", "npz", "iuv.png")
 UNLABELLED = 255  # iuv.png part channel: 0 background, 1..NUM_PARTS DensePose parts, 255 no label

@@ -3,7 +3,7 @@
 Every augmentation is a real camera change, so labels stay exact: in-plane rotation turns the
 camera about its optical axis (3D keypoints, vertices, global orientation and translation rotate
 with it; pixels move by the homography K R K^-1), a flip mirrors the camera frame (x -> -x, with
-the left/right maps of ``datamodules.mirror``), and scale, shift and "extreme crops" (a part of
+the left/right maps of ``body.mirror``), and scale, shift and "extreme crops" (a part of
 the body, from its keypoints) only choose which square of that image becomes the network input,
 which changes the intrinsics and nothing in 3D. The returned ``K`` is that of the final input,
 so projecting ``keypoints_3d`` with it gives ``keypoints_2d``.
@@ -29,6 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from body.layouts import BODY_POSE_JOINTS, NUM_BETAS, SMPL_JOINT_NAMES
+from body.mirror import mirror_axis_angle, mirror_permutation, mirror_pose, vertex_mirror_map
+from datamodules.color import jittered
+from datamodules.decode import crop_affine, decode_warp, image_size, to_tensor
 from datamodules.hmr_tars import (
     HAMER_HAND_KEYPOINTS,
     HMR_BODY_KEYPOINTS,
@@ -37,20 +41,9 @@ from datamodules.hmr_tars import (
     load_people,
     refuse_untrusted,
 )
-from datamodules.color import jittered
-from datamodules.decode import crop_affine, decode_warp, image_size, to_tensor
 from datamodules.labelled import LabelledDataModule, find_manifest
-from datamodules.mirror import (
-    BODY_POSE_JOINTS,
-    SMPL_JOINT_NAMES,
-    mirror_axis_angle,
-    mirror_permutation,
-    mirror_pose,
-    vertex_mirror_map,
-)
 from datamodules.shards import expand_shards
 
-NUM_BETAS = 10
 SOURCE_FORMATS = ("crocoman", "hmr_tars")
 HAS_KEYS = ("keypoints_2d", "keypoints_3d", "params", "vertices", "transl")
 _MIRROR = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))

@@ -1,8 +1,9 @@
 """Task heads, each bound to a backbone and swapped in YAML."""
 
+import importlib
+import warnings
+
 from heads.base import Head
-from heads.body_model import BodyModel
-from heads.camera import weak_perspective_to_translation
 from heads.classify import ClassificationHead
 from heads.completion import CompletionHead, patchify, unpatchify
 from heads.dense import DenseHead
@@ -10,5 +11,16 @@ from heads.joint_maps import JointMapHead
 from heads.parametric import ParametricHead
 from heads.vertex import VertexHead
 
-__all__ = ["BodyModel", "ClassificationHead", "CompletionHead", "DenseHead", "Head", "JointMapHead", "ParametricHead",
-           "VertexHead", "patchify", "unpatchify", "weak_perspective_to_translation"]
+__all__ = ["ClassificationHead", "CompletionHead", "DenseHead", "Head", "JointMapHead", "ParametricHead", "VertexHead",
+           "patchify", "unpatchify"]
+
+_MOVED = {"BodyModel": "body", "weak_perspective_to_translation": "body.camera"}
+
+
+def __getattr__(name: str) -> object:
+    """``heads.BodyModel`` (YAML written before the body package) still resolves, with a warning."""
+    if name not in _MOVED:
+        raise AttributeError(f"module 'heads' has no attribute {name!r}")
+    warnings.warn(f"heads.{name} moved to {_MOVED[name]}.{name}; the old path goes in the next release",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(_MOVED[name]), name)

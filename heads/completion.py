@@ -1,8 +1,13 @@
-"""Pixel head for completion pretraining, and the patch <-> image layout it predicts in."""
+"""Pixel head for completion pretraining, the patch <-> image layout it predicts in, and the network of a
+CroCo release file (backbone and this head)."""
+
+import os
 
 from einops import rearrange
 from torch import Tensor, nn
 
+from backbone.croco import CroCoNet
+from backbone.weights import KeyReport, croco_kwargs_to_ours, load_croco, read_checkpoint
 from heads.base import Head
 
 
@@ -26,3 +31,12 @@ class CompletionHead(Head):
 
     def forward(self, decoder_tokens: Tensor) -> Tensor:
         return self.proj(decoder_tokens)
+
+
+def build_from_croco(path: str | os.PathLike) -> tuple[CroCoNet, CompletionHead, KeyReport]:
+    """The network a CroCo file describes (its ``croco_kwargs``, or v1 defaults), strictly loaded."""
+    checkpoint = read_checkpoint(path)
+    backbone = CroCoNet(**croco_kwargs_to_ours(checkpoint.get("croco_kwargs", {})))
+    head = CompletionHead()
+    head.bind(backbone)
+    return backbone, head, load_croco(checkpoint, backbone, head, strict=True)

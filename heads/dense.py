@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from body.layouts import NUM_PARTS  # class 0 of the part logits is the background
 from heads.base import Head
 
-NUM_PARTS = 24  # DensePose's body parts; class 0 of the part logits is the background
 
 
 def evenly_spaced_layers(depth: int, count: int = 4) -> list[int]:

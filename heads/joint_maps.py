@@ -15,7 +15,7 @@ body (measured on the synthetic people: PA-MPJPE 188 mm after 500 steps against 
 body's frame). So the pose comes from the body-frame maps and only the global orientation from
 the camera-frame ones: the rotation that best lays one skeleton onto the other.
 
-The head regresses joints, not body-model parameters: ``heads.BodyModel.inverse_kinematics``
+The head regresses joints, not body-model parameters: ``body.BodyModel.inverse_kinematics``
 turns them into rotations for a mesh (``MeshRecoveryModule`` does, when a head returns joints).
 """
 
@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from heads.body_model import POSE_JOINTS, ModelType
+from body.layouts import POSE_JOINTS
+from body.model import ModelType
 from heads.dense import DenseHead
 
 

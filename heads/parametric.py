@@ -15,10 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from backbone.blocks import DecoderBlock
+from body.camera import MEAN_CAMERA
+from body.layouts import POSE_JOINTS
+from body.model import ModelType
+from body.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix
 from heads.base import Head
-from heads.body_model import POSE_JOINTS, ModelType
-from heads.camera import MEAN_CAMERA
-from heads.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix
 
 UPRIGHT = torch.diag(torch.tensor([1.0, -1.0, -1.0]))  # 180 deg about x: body y-up -> OpenCV camera y-down, facing it
 _OUTPUT_GAIN = 0.01  # output layers start near zero: the first predictions are the mean
@@ -126,7 +127,7 @@ class ParametricHead(Head):
 
     One query token, embedded from the current estimate (6D rotations, betas, camera), attends
     to the patch tokens; linear layers read residuals off it; with ``iterations > 1`` the updated
-    estimate becomes the next query. The camera ``(s, tx, ty)`` follows ``heads.camera``: ``tx,
+    estimate becomes the next query. The camera ``(s, tx, ty)`` follows ``body.camera``: ``tx,
     ty`` and ``s`` act on the body model's output frame (``BodyModel``: no translation).
 
     Output (``forward``): ``global_orient`` (B, 1, 3, 3), ``pose`` (B, P, 3, 3) rotation matrices

@@ -10,9 +10,9 @@ checkpoint predicts meshes with no body-model parameters and no pose/shape space
 import torch
 from torch import Tensor, nn
 
+from body.camera import MEAN_CAMERA
+from body.model import BodyModel, ModelType
 from heads.base import Head
-from heads.body_model import BodyModel, ModelType
-from heads.camera import MEAN_CAMERA
 from heads.parametric import UPRIGHT, TokenDecoder, init_linear_layers, init_output_layer
 
 DEFAULT_COARSE = {"smpl": 431, "smplx": 655, "mano": 195}  # METRO's SMPL / MANO sizes; SMPL-X scaled alike
@@ -66,7 +66,7 @@ class VertexHead(Head):
     Output (``forward``), metres, camera orientation (OpenCV axes), relative to the root joint
     (pelvis; wrist for MANO): ``vertices`` (B, V, 3), ``coarse_vertices`` (B, num_coarse, 3),
     ``joints`` (B, J, 3), the same joints as ``BodyModel`` (regressed from the vertices), and
-    ``camera`` (B, 3), ``(s, tx, ty)`` as in ``heads.camera``, acting on these root-relative points.
+    ``camera`` (B, 3), ``(s, tx, ty)`` as in ``body.camera``, acting on these root-relative points.
 
     Buffers (persistent): ``coarse_index`` (num_coarse,) template vertices kept in the coarse mesh,
     ``template_coarse`` (num_coarse, 3), ``upsample_index`` and ``upsample_weight`` (V, neighbours),

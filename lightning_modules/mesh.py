@@ -15,19 +15,18 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchvision.utils import make_grid
 
-from heads.body_model import BodyModel
-from heads.camera import fit_weak_perspective, weak_perspective_to_translation
+from body.camera import fit_weak_perspective, project, weak_perspective_to_translation
+from body.model import BodyModel
+from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_fitting
 from heads.dense import DenseHead
 from heads.joint_maps import JointMapHead
 from heads.parametric import UPRIGHT
-from heads.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_fitting
 from lightning_modules.finetune import FinetuneTask
 from lightning_modules.mesh_losses import (
     keypoint_2d_loss,
     keypoint_3d_loss,
     masked_mean,
     pose_prior,
-    project,
     rotation_loss,
     vertex_loss,
 )
@@ -58,7 +57,7 @@ class MeshRecoveryModule(FinetuneTask):
     meshes over the first validation images (``val/meshes``).
 
     Args:
-        body_model: ``heads.BodyModel`` (smpl / smplx / mano). Required with ``ParametricHead``;
+        body_model: ``body.BodyModel`` (smpl / smplx / mano). Required with ``ParametricHead``;
             with ``VertexHead`` optional: it then turns labelled parameters into target vertices.
         root_joint: among the joints compared, the one 3D errors are taken relative to (pelvis, wrist).
         keypoints_2d_weight, keypoints_3d_weight, vertices_weight, params_weight, prior_weight:
@@ -147,7 +146,7 @@ class MeshRecoveryModule(FinetuneTask):
         if "vertices" not in out:
             if self.body_model is None:
                 raise ValueError(f"{type(self.head).__name__} regresses body-model parameters: give the module a "
-                                 f"body_model (heads.BodyModel with model_type and model_path)")
+                                 f"body_model (body.BodyModel with model_type and model_path)")
             out["vertices"], out["joints"] = self.body_model(out["global_orient"], out["pose"], out["betas"])
         out["translation"] = weak_perspective_to_translation(out["camera"], K[:, 0, 0], images.shape[-1])
         out["keypoints_2d"] = project(out["joints"] + out["translation"][:, None], K)
@@ -161,7 +160,7 @@ class MeshRecoveryModule(FinetuneTask):
         gradient: the maps learn from their own terms (``joint_map_losses``)."""
         if self.body_model is None:
             raise ValueError(f"{type(self.head).__name__} regresses joints: give the module a body_model "
-                             f"(heads.BodyModel) to pose a mesh on them")
+                             f"(body.BodyModel) to pose a mesh on them")
         with torch.no_grad(), torch.autocast(K.device.type, enabled=False):  # SVDs: float32
             body, camera_frame = out["joints_body"].float(), out["joints_camera"].float()
             global_orient, pose = self.body_model.inverse_kinematics(body)

@@ -16,12 +16,6 @@ def masked_mean(per_sample: Tensor, has: Tensor) -> Tensor:
     return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def project(points_cam: Tensor, K: Tensor) -> Tensor:
-    """(B, N, 3) camera-frame points -> (B, N, 2) pixels with per-sample intrinsics K (B, 3, 3)."""
-    projected = points_cam @ K.transpose(1, 2)
-    return projected[..., :2] / projected[..., 2:].clamp_min(1e-6)
-
-
 def keypoint_2d_loss(pred_px: Tensor, target: Tensor, image_size: int) -> Tensor:
     """Confidence-weighted L1 between projected and labelled keypoints, in units of the crop side.
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from lightning_modules.mesh_losses import project
+from body.camera import project
 
 MESH_COLOUR = np.array([0.65, 0.74, 0.86])
 

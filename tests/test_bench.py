@@ -16,8 +16,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbone import CroCoNet, RandomMasking
+from body import BodyModel
 from datamodules.mesh import BODY_MODELS, HAS_KEYS
-from heads import BodyModel, CompletionHead
+from heads import CompletionHead
 from heads.dense import NUM_PARTS
 from tools import bench
 from tools.flops import CroCoDims, pretrain_step_flops

@@ -16,8 +16,8 @@ import pytest
 import smplx
 import torch
 
+from body.model import BodyModel
 from datamodules import safe_pickle
-from heads.body_model import BodyModel
 from tests.pickles import python2_dumps
 from tools.convert.chumpy_models import convert_body_model
 from tools.convert.labelled import load_body_model

@@ -15,6 +15,7 @@ import torch
 import webdataset as wds
 from PIL import Image, ImageDraw
 
+from body.camera import project as body_project
 from datamodules import LabelledDataModule, MeshDataModule
 from tests.pickles import Exploit, python2_dumps
 from tools.convert.densepose_coco import decode_rle, rle_counts
@@ -64,9 +65,8 @@ def mesh_batch(out: Path, split: str, batch_size: int) -> dict:
 
 
 def project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """(B, J, 3) camera points -> (B, J, 2) pixels with (B, 3, 3) intrinsics."""
-    projected = points.double() @ K.double().transpose(1, 2)
-    return projected[..., :2] / projected[..., 2:]
+    """(B, J, 3) camera points -> (B, J, 2) pixels with (B, 3, 3) intrinsics, in float64."""
+    return body_project(points.double(), K.double())
 
 
 # ----------------------------------------------------------------------------- 3DPW

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from backbone import CroCoNet
-from backbone.weights import build_from_croco, load_into_timm
+from backbone.weights import load_into_timm
+from heads.completion import build_from_croco
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL, data_args
 from tools.export import export

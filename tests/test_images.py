@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from body.camera import project
 from datamodules import ImageFolderDataModule
 from datamodules.images import collate_photos
-from lightning_modules.mesh_losses import project
 
 SIZE = 32
 RED, BLUE = (255, 0, 0), (0, 0, 255)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from backbone import CroCoNet
-from heads import BodyModel, JointMapHead, weak_perspective_to_translation
-from heads.camera import fit_weak_perspective
-from heads.rotations import axis_angle_to_matrix, rotation_between
-from lightning_modules.mesh_losses import project
+from body import BodyModel
+from body.camera import fit_weak_perspective, project, weak_perspective_to_translation
+from body.rotations import axis_angle_to_matrix, rotation_between
+from heads import JointMapHead
 from tools.synth.bodymodel import write_body_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

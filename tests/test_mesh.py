@@ -12,15 +12,16 @@ from lightning import Trainer, seed_everything
 from PIL import Image
 
 from backbone import CroCoNet
+from body.camera import project
+from body.layouts import SMPL_JOINT_NAMES
+from body.model import BodyModel
+from body.rotations import axis_angle_to_matrix
 from datamodules import MeshDataModule
 from datamodules.hmr_tars import HMR_BODY_KEYPOINTS
-from datamodules.mirror import SMPL_JOINT_NAMES
-from heads.body_model import BodyModel
 from heads.joint_maps import JointMapHead
 from heads.parametric import ParametricHead
-from heads.rotations import axis_angle_to_matrix
 from lightning_modules import MeshRecoveryModule
-from lightning_modules.mesh_losses import keypoint_2d_loss, keypoint_3d_loss, masked_mean, pose_prior, project
+from lightning_modules.mesh_losses import keypoint_2d_loss, keypoint_3d_loss, masked_mean, pose_prior
 from tests.conftest import REPO
 from tests.test_gesture import ON_CPU, TINY_MODEL, data_args
 from tools.main import main

@@ -16,14 +16,16 @@ from PIL import Image
 from test_synth_bodymodel import load_model
 
 from backbone import CroCoNet
+from body import BodyModel
+from body.layouts import SMPL_JOINT_NAMES
+from body.mirror import mirror_permutation, vertex_mirror_map
+from body.rotations import axis_angle_to_matrix
 from datamodules import MeshDataModule
-from datamodules.health import SKIP_KINDS, SKIPPED_KEY
 from datamodules.decode import crop_affine, decode_warp
+from datamodules.health import SKIP_KINDS, SKIPPED_KEY
 from datamodules.hmr_tars import FOCAL_LENGTH_PX, HAMER_HAND_KEYPOINTS, HMR_BODY_KEYPOINTS
 from datamodules.mesh import rotate_axis_angle_about_z
-from datamodules.mirror import SMPL_JOINT_NAMES, mirror_permutation, vertex_mirror_map
-from heads import BodyModel, ParametricHead
-from heads.rotations import axis_angle_to_matrix
+from heads import ParametricHead
 from lightning_modules import MeshRecoveryModule
 from tests.pickles import Exploit
 from tools.synth import write_labelled_shards

@@ -14,9 +14,11 @@ import torch
 
 from backbone import CroCoNet
 from backbone.croco import sincos_pos_embed_2d
-from heads import BodyModel, ParametricHead, VertexHead, weak_perspective_to_translation
+from body import BodyModel
+from body.camera import weak_perspective_to_translation
+from body.rotations import axis_angle_to_matrix, matrix_to_rotation_6d
+from heads import ParametricHead, VertexHead
 from heads.parametric import UPRIGHT, sincos_position_embedding
-from heads.rotations import axis_angle_to_matrix, matrix_to_rotation_6d
 from tools.synth.bodymodel import write_body_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

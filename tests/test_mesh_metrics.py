@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from heads.rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
+from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
 from lightning_modules.mesh_metrics import FScore, MeanPointError, procrustes_align
 
 

@@ -10,7 +10,6 @@ from safetensors.torch import save_file
 from backbone.croco import IMAGENET_MEAN, IMAGENET_STD, CroCoNet
 from backbone.weights import (
     KeyReport,
-    build_from_croco,
     croco_kwargs_to_ours,
     export_timm,
     load_croco,
@@ -19,7 +18,7 @@ from backbone.weights import (
     read_checkpoint,
     to_croco_checkpoint,
 )
-from heads.completion import CompletionHead
+from heads.completion import CompletionHead, build_from_croco
 
 SMALL = {"img_size": 64, "embed_dim": 64, "depth": 2, "num_heads": 2, "decoder_embed_dim": 64, "decoder_depth": 2,
          "decoder_num_heads": 2}

@@ -64,11 +64,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from backbone import CroCoNet, HumanMasking, croco_base, croco_large
+from body.camera import project
 from datamodules.mesh import HAS_KEYS as MESH_HAS_KEYS
 from heads import CompletionHead
 from heads.dense import NUM_PARTS
 from lightning_modules.finetune import FinetuneTask
-from lightning_modules.mesh_losses import project
 from lightning_modules.pretrain import PretrainModule
 from tools.bench_data import MODES, loader_throughput, pairs_in_mode, stage_profile
 from tools.flops import pretrain_step_flops
@@ -492,7 +492,7 @@ def mesh_batch(module: FinetuneTask, batch_size: int, image_size: int, generator
     body = getattr(module, "body_model", None)
     if body is None:
         raise ValueError(f"{type(module).__name__} has no body_model: the bench draws mesh labels from one; give "
-                         f"the config's model a body_model (heads.BodyModel)")
+                         f"the config's model a body_model (body.BodyModel)")
     global_orient = torch.tensor([math.pi, 0.0, 0.0]) + 0.2 * torch.randn(batch_size, 3, generator=generator)
     pose = 0.2 * torch.randn(batch_size, 3 * body.num_pose_joints, generator=generator)
     betas = 0.5 * torch.randn(batch_size, body.num_betas, generator=generator)

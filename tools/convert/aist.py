@@ -35,8 +35,8 @@ from tools.convert.common import (
     choose_cameras,
     draw_pair_group,
     encode_pair_group,
+    observe,
     pair_settings,
-    project,
     run_conversion,
     split_by_name,
     windows,
@@ -105,7 +105,7 @@ def encode_aist_group(item: dict, size: int, margin: float, unit_m: float) -> di
             images = {}  # this view's frames are counted as not decoded; the other views still make pairs
         for time, index in enumerate(item["frame_indices"]):
             calibration = item["cameras"][camera]
-            _, joints_3d = project(calibration["K"], calibration["R"], calibration["t"], keypoints_3d[index])
+            _, joints_3d = observe(calibration["K"], calibration["R"], calibration["t"], keypoints_3d[index])
             frames.append({"image": images.get(index / item["video_fps"]), "source": f"{video}#{index}",
                            "camera": camera, "time": time, **calibration, "joints_2d": keypoints_2d[view, index],
                            "joints_3d": joints_3d})

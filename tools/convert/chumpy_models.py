@@ -21,7 +21,7 @@ chumpy class included, is refused with ``UnsafePickleError`` before it is called
 
 The result is written where ``smplx.create(out, model_type=...)`` looks: ``smpl/SMPL_<GENDER>.pkl``
 (smplx's SMPL reads only pickles: ours holds only numpy arrays and strings) and ``.npz`` (no pickle,
-what ``heads.body_model`` prefers), or ``mano/MANO_<SIDE>.pkl`` and ``.npz``. Nested metadata
+what ``body.model`` prefers), or ``mano/MANO_<SIDE>.pkl`` and ``.npz``. Nested metadata
 (SMPL's ``pose_training_info`` dict) is left out.
 """
 

@@ -31,6 +31,7 @@ import webdataset as wds
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from tqdm import tqdm
 
+from body.camera import project
 from datamodules.decode import Box, crop_affine
 from tools.synth.shards import check_at_least, jpeg_bytes, png_bytes
 
@@ -399,17 +400,18 @@ def choose_cameras(cameras: Sequence[str], count: int, key: str) -> list[str]:
     return sorted(random.Random(zlib.crc32(key.encode())).sample(sorted(cameras), count))
 
 
-def project(K: np.ndarray, R: np.ndarray, t: np.ndarray, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World points (J, 3 or 4: + confidence) -> (joints_2d (J, 3), joints_3d (J, 4)) in the
-    camera: pixels and camera metres, each with the confidence (0 behind the camera or non-finite)."""
+def observe(K: np.ndarray, R: np.ndarray, t: np.ndarray, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the camera (K, R, t) sees of world points (J, 3 or 4: + confidence): (joints_2d (J, 3),
+    joints_3d (J, 4)), pixels and camera metres, each with the confidence (0 behind the camera or
+    non-finite)."""
     points = np.asarray(points_world, dtype=np.float64)
     confidence = points[:, 3] if points.shape[1] > 3 else np.ones(len(points))
     camera = points[:, :3] @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64).reshape(3)
     usable = np.isfinite(camera).all(1) & (camera[:, 2] > 1e-6) & (confidence > 0)
     confidence = np.where(usable, confidence, 0.0)
-    projected = camera @ np.asarray(K, dtype=np.float64).T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pixels = np.where(usable[:, None], projected[:, :2] / projected[:, 2:], 0.0)
+    pixels = project(torch.from_numpy(np.where(usable[:, None], camera, 1.0))[None],
+                     torch.as_tensor(np.asarray(K, dtype=np.float64))[None])[0].numpy()
+    pixels = np.where(usable[:, None], pixels, 0.0)
     return (np.concatenate([pixels, confidence[:, None]], 1),
             np.concatenate([np.where(usable[:, None], camera, 0.0), confidence[:, None]], 1))
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from body.layouts import DENSEPOSE_PART_NAMES
 from tools.convert.common import (
     SkipSample,
     crop_person,
@@ -39,7 +40,6 @@ from tools.convert.labelled import (
     labelled_sample,
     nominal_intrinsics,
 )
-from tools.synth.labelled import DENSEPOSE_PART_NAMES
 from tools.synth.shards import png_bytes
 
 # annotation file -> (our split, image folder)

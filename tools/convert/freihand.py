@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from body.layouts import HAND_KEYPOINT_NAMES, MANO_JOINT_NAMES
 from tools.convert.common import (
     SkipSample,
     crop_person,
@@ -43,7 +44,6 @@ from tools.convert.labelled import (
     labelled_sample,
     load_body_model,
 )
-from tools.synth.hand import HAND_KEYPOINT_NAMES, NUM_HAND_JOINTS
 
 VERSIONS = ("gs", "hom", "sample", "auto")  # order of the image blocks in training/rgb
 FREIHAND_NAMES = (
@@ -120,9 +120,9 @@ def mano_labels(sample: HandImage, keypoints_3d: np.ndarray, body_model_dir: str
     theta = torch.tensor(sample.mano, dtype=torch.float32)
     with torch.no_grad():
         output = model(global_orient=theta[None, :3], hand_pose=theta[None, 3:48], betas=theta[None, 48:58])
-    joints = output.joints[0, :NUM_HAND_JOINTS].double().numpy()
-    transl = (keypoints_3d[:NUM_HAND_JOINTS] - joints).mean(0)
-    miss_mm = 1000 * np.linalg.norm(joints + transl - keypoints_3d[:NUM_HAND_JOINTS], axis=1).max()
+    joints = output.joints[0, :len(MANO_JOINT_NAMES)].double().numpy()
+    transl = (keypoints_3d[:len(MANO_JOINT_NAMES)] - joints).mean(0)
+    miss_mm = 1000 * np.linalg.norm(joints + transl - keypoints_3d[:len(MANO_JOINT_NAMES)], axis=1).max()
     if miss_mm > tolerance_mm:
         raise SkipSample("MANO fit off the annotated joints", f"{sample.key}: {miss_mm:.1f} mm > {tolerance_mm} mm")
     return {"global_orient": theta[:3].numpy(), "hand_pose": (theta[3:48] + model.hand_mean).numpy(),

@@ -27,8 +27,8 @@ from tools.convert.common import (
     choose_cameras,
     draw_pair_group,
     encode_pair_group,
+    observe,
     pair_settings,
-    project,
     rounded,
     run_conversion,
     split_by_name,
@@ -97,7 +97,7 @@ def sequence_groups(sequence: Path, cameras: dict[str, dict], times: int, stride
                          "K": calibration["K"], "R": calibration["R"], "t": calibration["t"],
                          "box": boxes.get(camera, {}).get(name)}
                 if name in keypoints_3d:
-                    joints_2d, joints_3d = project(calibration["K"], calibration["R"], calibration["t"],
+                    joints_2d, joints_3d = observe(calibration["K"], calibration["R"], calibration["t"],
                                                    np.asarray(keypoints_3d[name], dtype=np.float64))
                     frame["joints_2d"], frame["joints_3d"] = rounded(joints_2d), rounded(joints_3d)
                 if name in keypoints_2d.get(camera, {}):

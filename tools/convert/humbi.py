@@ -30,8 +30,8 @@ from tools.convert.common import (
     choose_cameras,
     draw_pair_group,
     encode_pair_group,
+    observe,
     pair_settings,
-    project,
     run_conversion,
     split_by_name,
     windows,
@@ -103,7 +103,7 @@ def encode_humbi_group(item: dict, size: int, margin: float) -> dict:
     frames = []
     for frame in item["frames"]:
         if "K" in frame:  # else encode_pair_group counts it as an uncalibrated camera
-            joints_2d, joints_3d = project(frame["K"], frame["R"], frame["t"], world[frame["time"]])
+            joints_2d, joints_3d = observe(frame["K"], frame["R"], frame["t"], world[frame["time"]])
             frame = {**frame, "joints_2d": joints_2d, "joints_3d": joints_3d}
         frames.append(frame)
     return encode_pair_group({**item, "frames": frames}, size, margin)

@@ -95,13 +95,13 @@ def draw_labelled(sample: dict, classes: list[str] | None = None) -> Image.Image
 
 
 def load_body_model(root: Path, model_type: str, gender: str = "neutral", **kwargs) -> torch.nn.Module:
-    """`smplx.create` (axis-angle poses and `transl`) on the file `heads.body_model.model_file`
+    """`smplx.create` (axis-angle poses and `transl`) on the file `body.model.model_file`
     finds: npz first, then the official pkl; when there is none, or it is an unconverted official
     pickle, the error says where to get one or how to convert it."""
     import smplx  # only converters that pose a body model need it
     from smplx.utils import Struct
 
-    from heads.body_model import model_file, official_pickle_hint
+    from body.model import model_file, official_pickle_hint
 
     path = model_file(model_type, root, gender)
     if model_type == "smpl" and path.suffix == ".npz":  # smplx's SMPL reads only pickles: hand it the arrays

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from body.layouts import SMPL_JOINT_NAMES
+from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from datamodules import safe_pickle
 from tools.convert.common import (
     SkipSample,
@@ -37,7 +39,6 @@ from tools.convert.common import (
     transform_points,
 )
 from tools.convert.labelled import cached_body_model, crop_bbox, draw_labelled, labelled_sample, load_body_model
-from tools.synth.skeleton import JOINT_NAMES, axis_angle_to_matrix, matrix_to_axis_angle
 
 SPLITS = {"train": "train", "validation": "val", "test": "test"}  # 3DPW folder -> our split
 # OpenPose's COCO-18 order of `poses2d`.
@@ -199,7 +200,7 @@ def convert(args: argparse.Namespace) -> dict:
     encode = partial(encode_frame, size=args.size, margin=args.margin, body_model_dir=body_model_dir)
     settings = {"size": args.size, "margin": args.margin, "frame_step": args.frame_step,
                 "vertices": body_model_dir is not None}
-    extra = {"task": "body", "body_model": "smpl", "keypoints": list(JOINT_NAMES),
+    extra = {"task": "body", "body_model": "smpl", "keypoints": list(SMPL_JOINT_NAMES),
              "keypoints_detected": list(COCO18_NAMES)}
     return run_conversion(args, "threedpw", splits, encode, shard_prefix="3dpw", draw=draw_labelled, extra=extra,
                           settings=settings)

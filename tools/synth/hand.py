@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from heads.body_model import MANO_JOINT_NAMES
+from body.layouts import FINGERTIP_NAMES, HAND_KEYPOINT_NAMES, MANO_JOINT_NAMES
 from tools.synth.render import Capsules, Checker, Ellipsoids, Scene
 from tools.synth.skeleton import (
     axis_angle_to_matrix,
@@ -30,9 +30,7 @@ from tools.synth.world import (
     skin_clothing,
 )
 
-HAND_JOINT_NAMES = MANO_JOINT_NAMES  # the generated MANO file poses these joints, in MANO's order
-TIP_NAMES = ("thumb_tip", "index_tip", "middle_tip", "ring_tip", "pinky_tip")  # smplx's fingertip order
-HAND_KEYPOINT_NAMES = HAND_JOINT_NAMES + TIP_NAMES
+HAND_JOINT_NAMES, TIP_NAMES = MANO_JOINT_NAMES, FINGERTIP_NAMES  # the generated MANO file poses the joints
 HAND_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14, 15, 3, 6, 12, 9)  # keypoints, tips last
 NUM_HAND_JOINTS = len(HAND_JOINT_NAMES)
 _INDEX = {name: index for index, name in enumerate(HAND_KEYPOINT_NAMES)}

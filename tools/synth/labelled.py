@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from body.layouts import DENSEPOSE_PART_NAMES
 from tools.synth.bodymodel import mesh_template
 from tools.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HAND_PARENTS, HAND_PRIMITIVE_JOINTS, render_hand
 from tools.synth.render import hidden_from, primitive_local_coords
@@ -38,15 +39,6 @@ VERSION = "crocoman-synth-labelled/1"
 SHARD_PATTERN = "labelled-%06d.tar"
 TASKS = ("body", "hand")
 
-# DensePose's 24 parts; part id = 1 + index here.
-DENSEPOSE_PART_NAMES = (
-    "torso_back", "torso_front", "right_hand", "left_hand", "left_foot", "right_foot",
-    "upper_leg_right_back", "upper_leg_left_back", "upper_leg_right_front", "upper_leg_left_front",
-    "lower_leg_right_back", "lower_leg_left_back", "lower_leg_right_front", "lower_leg_left_front",
-    "upper_arm_left_back", "upper_arm_right_back", "upper_arm_left_front", "upper_arm_right_front",
-    "lower_arm_left_back", "lower_arm_right_back", "lower_arm_left_front", "lower_arm_right_front",
-    "head_right", "head_left",
-)  # fmt: skip
 _DP = {name: index + 1 for index, name in enumerate(DENSEPOSE_PART_NAMES)}
 # Our primitive parts -> DensePose ids. Split parts take their first id on the back (or, for the
 # head and neck, the person's right) and the second on the front (left), by the side of the

@@ -15,13 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-JOINT_NAMES = (
-    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
-    "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck",
-    "left_collar", "right_collar", "head", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hand", "right_hand",
-)  # fmt: skip
-PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
+from body.layouts import NUM_BETAS, SMPL_JOINT_NAMES, SMPL_PARENTS
+from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+JOINT_NAMES, PARENTS = SMPL_JOINT_NAMES, SMPL_PARENTS
 JOINT_INDEX = {name: index for index, name in enumerate(JOINT_NAMES)}
 
 # Offset of each joint from its parent in the rest pose of a 1.72 m adult.
@@ -77,7 +74,6 @@ def _limit_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 JOINT_LOW_RAD, JOINT_HIGH_RAD = _limit_tensors()
 
 
-NUM_BETAS = 10  # shape coefficients in our body-model files, as in SMPL's common 10-beta setting
 BETA_STEP = 0.1  # one unit of a beta is 10 % of the reference size along that feature
 
 
@@ -126,45 +122,6 @@ def rest_offsets(shape: BodyShape) -> torch.Tensor:
     offsets[_ARM_JOINTS] *= shape.arm_scale
     offsets[_WIDTH_JOINTS, 0] *= shape.girth**0.5
     return offsets * shape.height_scale
-
-
-def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices (..., 3, 3) as the exponential of the skew matrix (Rodrigues' formula)."""
-    x, y, z = axis_angle.unbind(-1)
-    zero = torch.zeros_like(x)
-    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1)
-    return torch.linalg.matrix_exp(skew.reshape(*axis_angle.shape[:-1], 3, 3))
-
-
-def matrix_to_axis_angle(matrix: torch.Tensor) -> torch.Tensor:
-    """Axis-angle vectors (..., 3) of rotation matrices (..., 3, 3), angles in [0, pi].
-
-    Through the unit quaternion, taken from whichever of w, x, y, z is largest (Shepperd), so it
-    stays accurate near 0 and near pi where the trace formula loses all precision.
-    """
-    m = matrix
-    trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    d0, d1, d2, d3 = 1 + trace, *(1 + 2 * m[..., k, k] - trace for k in range(3))  # 4 q_k^2
-    wx, wy, wz = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
-    xy, xz, yz = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
-    outer = torch.stack(  # 4 q q^T, q = (w, x, y, z): each row is q scaled by 4 q_k
-        [
-            torch.stack([d0, wx, wy, wz], -1),
-            torch.stack([wx, d1, xy, xz], -1),
-            torch.stack([wy, xy, d2, yz], -1),
-            torch.stack([wz, xz, yz, d3], -1),
-        ],
-        dim=-2,
-    )
-    best = torch.stack([d0, d1, d2, d3], -1).argmax(-1)
-    row = torch.take_along_dim(outer, best[..., None, None].expand(*best.shape, 1, 4), dim=-2)[..., 0, :]
-    quaternion = torch.nn.functional.normalize(row, dim=-1)
-    quaternion = quaternion * torch.where(quaternion[..., :1] < 0, -1.0, 1.0)  # w >= 0: angle <= pi
-    sin_half = quaternion[..., 1:].norm(dim=-1, keepdim=True)
-    angle = 2 * torch.atan2(sin_half, quaternion[..., :1])
-    # angle / sin(angle / 2) -> 2 as the angle -> 0
-    scale = torch.where(sin_half > 1e-7, angle / sin_half.clamp_min(1e-7), 2.0)
-    return quaternion[..., 1:] * scale
 
 
 def forward_kinematics(
