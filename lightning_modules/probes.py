@@ -15,7 +15,9 @@ fitting half) and scored on the other half:
   ``cls`` labels.
 
 The labelled set is decoded once and kept in memory; features are computed on rank 0 only, and
-no collective runs here, so the other ranks go on to the next step and wait there.
+the scores are broadcast to every rank (which wait for them): each rank's history and
+``trainer.callback_metrics`` hold the same ``probe/<name>`` values, so a checkpoint or early-stopping
+monitor can use them under DDP.
 """
 
 import json
@@ -26,7 +28,6 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from datamodules.labelled import LabelledSample, find_manifest
@@ -62,6 +63,12 @@ def ridge(fit_x: Tensor, fit_y: Tensor, score_x: Tensor, groups: Tensor | None =
             best, best_error = penalty, error
     weights, bias = ridge_fit(fit_x, fit_y, best)
     return (score_x.double() @ weights + bias).float()
+
+
+def every_shard(urls: list[str]) -> list[str]:
+    """All shards for this process: rank 0 probes on the whole set (webdataset would split them by rank,
+    or refuse without a splitter, under DDP)."""
+    return urls
 
 
 def pooled(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -104,12 +111,12 @@ class OnlineProbes(Callback):
                         "--out data/synth_probe --samples 400 --val-samples 600 --size 128 --no-vertices", error)
             return None
         manifest = find_manifest(self.shards)
-        first = next(iter(wds.WebDataset(urls[:1], shardshuffle=False)))
+        first = next(iter(wds.WebDataset(urls[:1], shardshuffle=False, nodesplitter=every_shard)))
         keys = tuple(key for key in ("cls", "json", "npz") if key in first)
         decode = LabelledSample(keys, image_size, augment=False, crop_scale=(1.0, 1.0), color_jitter=0.0,
                                 num_classes=len(manifest["classes"]) if "classes" in manifest else None)
         samples = []
-        for sample in wds.WebDataset(urls, shardshuffle=False):
+        for sample in wds.WebDataset(urls, shardshuffle=False, nodesplitter=every_shard):
             samples.append(decode(sample))
             if len(samples) == self.samples:
                 break
@@ -174,28 +181,35 @@ class OnlineProbes(Callback):
         return {"joints_3d_mpjpe_mm": float(1000 * (predicted - truth).norm(dim=-1).mean()),
                 "joints_3d_pa_mpjpe_mm": float(1000 * (procrustes_align(predicted, truth) - truth).norm(dim=-1).mean())}
 
-    def probe(self, trainer: Trainer, module: LightningModule) -> None:
+    def measure(self, module: LightningModule) -> dict[str, float] | None:
+        """The probe scores of the module's encoder now (None without probe data)."""
         began = time.perf_counter()
         if self.data is None:
             backbone = module.backbone
             self.data = self.load(self.image_size or backbone.patch_grid[0] * backbone.patch_size) or {}
         if not self.data:
-            return
+            return None
         tokens = self.tokens(module)
-        grid = module.backbone.image_grid(self.data["image"][:1])
-        results = self.scores(tokens, grid)
+        results = self.scores(tokens, module.backbone.image_grid(self.data["image"][:1]))
         self.seconds += time.perf_counter() - began
-        results["seconds_total"] = self.seconds
-        self.history.append((trainer.global_step, results))
-        for logger in trainer.loggers:
-            logger.log_metrics({f"probe/{name}": value for name, value in results.items()}, step=trainer.global_step)
+        return results | {"seconds_total": self.seconds}
 
-    @rank_zero_only
+    def probe(self, trainer: Trainer, module: LightningModule) -> None:
+        """Measure on rank 0, hand the scores to every rank, log them."""
+        results = trainer.strategy.broadcast(self.measure(module) if trainer.is_global_zero else None, src=0)
+        if results is None:
+            return
+        self.seconds = results["seconds_total"]
+        self.history.append((trainer.global_step, results))
+        metrics = {f"probe/{name}": value for name, value in results.items()}
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_step == 0:  # the floor: what the untrained encoder's features give
             self.probe(trainer, pl_module)
 
-    @rank_zero_only
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self.probe(trainer, pl_module)

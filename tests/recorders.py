@@ -145,3 +145,33 @@ class WandbRun(Callback):
                 run = logger.experiment
                 with Path(os.environ["CROCOMAN_RECORD_DIR"], "wandb-runs.jsonl").open("a") as file:
                     file.write(json.dumps({"id": run.id, "folder": str(Path(run.settings.sync_dir).resolve())}) + "\n")
+
+
+class ProbeRecord(Callback):
+    """Writes each rank's online-probe histories (per probe set) and ``probe/*`` callback metrics at the
+    end of fit to ``CROCOMAN_RECORD_DIR/probes-rank<r>.json``."""
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from lightning_modules.probes import OnlineProbes
+
+        histories = {callback.shards: callback.history for callback in trainer.callbacks
+                     if isinstance(callback, OnlineProbes)}
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("probe/")}
+        Path(os.environ["CROCOMAN_RECORD_DIR"], f"probes-rank{trainer.global_rank}.json").write_text(
+            json.dumps({"histories": histories, "metrics": metrics}))
+
+
+class SlowSaveAtStep(Callback):
+    """Makes the checkpoint save of optimizer step ``step`` observable from outside: writes
+    ``CROCOMAN_RECORD_DIR/save-started`` as the save begins, and adds ``ballast_mb`` MiB of zeros to that one
+    checkpoint (to its state dict, which distributed checkpoints write as shards), so that writing it takes long
+    enough for a test to SIGKILL the process in the middle of the write. Nothing of the save itself is changed."""
+
+    def __init__(self, step: int, ballast_mb: int = 256) -> None:
+        self.step, self.ballast_mb = step, ballast_mb
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        if trainer.global_step == self.step:
+            checkpoint["state_dict"]["ballast"] = torch.zeros(self.ballast_mb * 2**20 // 4)
+            if trainer.is_global_zero:
+                Path(os.environ["CROCOMAN_RECORD_DIR"], "save-started").write_text(str(self.step))

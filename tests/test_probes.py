@@ -2,12 +2,14 @@
 callback logging probe/<name> at step 0 and at every validation of a real CLI run."""
 
 import csv
+import json
 
 import pytest
 import torch
 
 from lightning_modules.probes import OnlineProbes, pooled, ridge
 from tests.test_cli import REPO, TINY_MODEL, data_args
+from tests.test_ddp import ddp_shards, run_two_ranks  # noqa: F401 (a fixture)
 from tools.main import main
 from tools.synth import write_labelled_shards
 
@@ -73,3 +75,18 @@ def test_missing_probe_shards_train_without_probes_or_fail_when_asked(tmp_path, 
     assert "online probes are off" in caplog.text and "crocoman-data labelled" in caplog.text
     with pytest.raises(FileNotFoundError, match="no shards found"):
         OnlineProbes(str(tmp_path / "nowhere"), missing="error").load(64)
+
+
+def test_two_ranks_hold_the_same_probe_scores(ddp_shards, probe_shards, tmp_path):
+    """Rank 0 measures, the other waits and receives: both ranks' histories and probe metrics are the same."""
+    result = run_two_ranks(ddp_shards, "ddp.yaml", tmp_path, "--trainer.max_steps=4",
+                           "--trainer.callbacks+=lightning_modules.probes.OnlineProbes",
+                           f"--trainer.callbacks.shards={probe_shards}", "--trainer.callbacks.samples=60",
+                           "--trainer.callbacks+=tests.recorders.ProbeRecord")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"probes-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0] == ranks[1]
+    history = ranks[0]["histories"][str(probe_shards)]  # the config's own probe set is not there: no history
+    steps = [step for step, _ in history]
+    assert steps[0] == 0 and steps[-1] == 4 and len(steps) >= 2
+    assert ranks[0]["metrics"]["probe/keypoints_2d_pck"] == history[-1][1]["keypoints_2d_pck"]
