@@ -68,7 +68,7 @@ class FinetuneTask(CrocoTask):
 
     def load_pretrained(self, path: str) -> None:
         """The encoder's weights, all of them: a partly loaded encoder would fine-tune from noise unnoticed."""
-        if not Path(path).is_file():
+        if not Path(path).exists():  # a file, or an FSDP2 distributed checkpoint folder
             raise FileNotFoundError(
                 f"pretrained checkpoint not found: {path} (from {Path.cwd()}). Pretrain one first (`make pretrain` "
                 f"writes runs/pretrain_cpu_demo/checkpoints/last.ckpt), give a CroCo release, or pass "

@@ -175,3 +175,14 @@ class SlowSaveAtStep(Callback):
             checkpoint["state_dict"]["ballast"] = torch.zeros(self.ballast_mb * 2**20 // 4)
             if trainer.is_global_zero:
                 Path(os.environ["CROCOMAN_RECORD_DIR"], "save-started").write_text(str(self.step))
+
+
+class EncoderAtStart(Callback):
+    """Saves the module's backbone weights (``backbone.*`` names) as they are when training starts, before the
+    first step, to ``CROCOMAN_RECORD_DIR/backbone-at-start.pt``."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            state = {f"backbone.{name}": tensor.detach().clone()
+                     for name, tensor in pl_module.backbone.state_dict().items()}
+            torch.save(state, Path(os.environ["CROCOMAN_RECORD_DIR"], "backbone-at-start.pt"))

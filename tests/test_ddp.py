@@ -2,6 +2,7 @@
 snippets, as a cluster job runs them."""
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -10,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from backbone import CroCoNet
-from backbone.weights import load_encoder
+from backbone.weights import ENCODER_KEYS, load_encoder
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL
+from tests.test_gesture import write_toy_shards
+from tools.main import main
 from tools.synth import write_pair_shards
 
 
@@ -27,7 +31,9 @@ def ddp_shards(tmp_path_factory):
     return out
 
 
-def run_two_ranks(shards: Path, snippet: str, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+def two_rank_job(shards: Path, snippet: str, workdir: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a two-rank CPU job of the tiny pretraining model under a trainer
+    snippet."""
     command = [
         sys.executable, "-m", "tools.main", "fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL,
         f"--data.train_shards={shards / 'train'}", f"--data.val_shards={shards / 'val'}",
@@ -40,6 +46,11 @@ def run_two_ranks(shards: Path, snippet: str, workdir: Path, *extra: str) -> sub
     # (wandb hands it to child processes through WANDB_SERVICE), which would keep a finished run "in use".
     inherited = {name: value for name, value in os.environ.items() if name != "WANDB_SERVICE"}
     env = {**inherited, "CROCOMAN_RECORD_DIR": str(workdir), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    return command, env
+
+
+def run_two_ranks(shards: Path, snippet: str, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    command, env = two_rank_job(shards, snippet, workdir, *extra)
     return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -153,6 +164,43 @@ def test_fsdp2_runs_resume_from_their_distributed_checkpoint_and_wandb_run(ddp_s
     report = load_encoder(last, backbone)
     assert report.matched and not report.missing and not report.shape_mismatched
     assert not torch.equal(backbone.enc_blocks[0].attn.qkv.weight, initial)
+
+
+def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(ddp_shards, tmp_path, monkeypatch, caplog):
+    """README: a fine-tuning config's `pretrained:` takes FSDP2's distributed checkpoint folder as it takes a
+    file. Pretrained for 2 steps on two gloo ranks under fsdp2.yaml, then gesture_cpu.yaml through the CLI with
+    `--model.init_args.pretrained=<the folder>`: every encoder key is reported matched, and at step 0 the encoder
+    holds the folder's tensors exactly."""
+    pretraining = run_two_ranks(ddp_shards, "fsdp2.yaml", tmp_path, "--trainer.max_steps=2",
+                                "--trainer.limit_val_batches=0", "--data.num_workers=0",
+                                "--model.init_args.warmup_steps=0", "--model.init_args.lr_reference_batch=4",
+                                "--trainer.callbacks+=tests.recorders.BatchRecorder")
+    assert pretraining.returncode == 0, pretraining.stderr[-3000:]
+    # trained: the weights are not the initialisation both runs draw from seed 0
+    assert json.loads((tmp_path / "rank0.json").read_text())["parameter_change"] > 1
+    folder = tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt"
+    assert folder.is_dir() and torch.load(folder / "meta.pt", weights_only=True)["global_step"] == 2
+    dcp_to_torch_save(folder, tmp_path / "pretrained.pt")
+    pretrained = {name: tensor for name, tensor in torch.load(tmp_path / "pretrained.pt", weights_only=True)[
+        "state_dict"].items() if name.startswith(ENCODER_KEYS)}
+
+    shapes = write_toy_shards(tmp_path / "shapes", train=8, val=4, size=64)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CROCOMAN_RECORD_DIR", str(tmp_path))
+    sizes = [arg.replace("--model.", "--model.init_args.") for arg in TINY_MODEL]  # the pretrained encoder's
+    with caplog.at_level(logging.INFO):
+        main(["fit", "-c", str(REPO / "configs/finetune/gesture_cpu.yaml"), *sizes,
+              f"--model.init_args.pretrained={folder}", f"--data.train_shards={shapes / 'train'}",
+              f"--data.val_shards={shapes / 'val'}", "--data.image_size=64",
+              "--data.batch_size=4", "--data.num_workers=0", "--data.epoch_samples=8", "--trainer.max_steps=1",
+              "--trainer.limit_val_batches=0", "--trainer.logger=false",
+              "--trainer.callbacks+=tests.recorders.EncoderAtStart"])
+    report = f"Loaded the pretrained encoder from {folder}: {folder}: {len(pretrained)} matched, 0 missing"
+    assert report in caplog.text
+    at_start = torch.load(tmp_path / "backbone-at-start.pt", weights_only=True)
+    assert sorted(name for name in at_start if name.startswith(ENCODER_KEYS)) == sorted(pretrained)
+    for name, tensor in pretrained.items():
+        assert torch.equal(at_start[name], tensor), name
 
 
 def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path):

@@ -13,10 +13,12 @@ from PIL import Image
 
 from backbone import CroCoNet
 from datamodules import LabelledDataModule
+from datamodules.base import ShardDataModule
 from datamodules.labelled import UNLABELLED
 from heads import DenseHead
 from heads.dense import NUM_PARTS, evenly_spaced_layers
 from lightning_modules import DensePoseModule
+from lightning_modules.base import CrocoTask
 from lightning_modules.dense_metrics import (
     GPSAveragePrecision,
     PartSegmentation,
@@ -28,6 +30,7 @@ from lightning_modules.dense_metrics import (
 from lightning_modules.densepose import densepose_losses, densepose_picture, part_class_weights
 from tests.conftest import REPO
 from tests.test_gesture import ON_CPU, TINY_MODEL, pretrain_checkpoint
+from tools.cli import CrocomanCLI
 from tools.main import main
 from tools.synth import write_labelled_shards
 
@@ -228,17 +231,32 @@ def test_gpu_config_runs_on_cpu_at_tiny_size_and_tests_its_checkpoint(body_shard
     run = tmp_path / "runs/densepose_vitb"
     main(["test", *arguments, f"--ckpt_path={run / 'checkpoints/last.ckpt'}", "--trainer.limit_test_batches=1"])
     assert list((run / "pictures").glob("test_densepose_*.png"))
-    # `crocoman predict` on plain images: part / U / V pictures and an iuv.png in the shards' layout
+    # `crocoman predict` on plain images, two in one batch: part / U / V pictures and an iuv.png in the shards'
+    # layout, which holds the module's own prediction for that image
     photos, out = tmp_path / "photos", tmp_path / "maps"
     photos.mkdir()
-    Image.new("RGB", (48, 64), (90, 120, 150)).save(photos / "person.png")
-    main(["predict", *arguments, f"--ckpt_path={run / 'checkpoints/last.ckpt'}",
-          "--data=datamodules.ImageFolderDataModule", f"--data.paths={photos}", "--data.image_size=32",
-          "--data.num_workers=0", "--trainer.callbacks+=lightning_modules.predictions.DensePosePredictionWriter",
+    rng = np.random.default_rng(0)
+    for name in "person", "other":  # noise: maps that differ from pixel to pixel and from image to image
+        Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(photos / f"{name}.png")
+    images = ["--data=datamodules.ImageFolderDataModule", f"--data.paths={photos}", "--data.image_size=32",
+              "--data.batch_size=2", "--data.num_workers=0"]
+    main(["predict", *arguments, f"--ckpt_path={run / 'checkpoints/last.ckpt'}", *images,
+          "--trainer.callbacks+=lightning_modules.predictions.DensePosePredictionWriter",
           f"--trainer.callbacks.output_dir={out}"])
-    iuv = np.asarray(Image.open(out / "person.iuv.png"))
-    assert iuv.shape == (32, 32, 3) and iuv[..., 0].max() <= 24
     assert Image.open(out / "person.png").size == (2 + 4 * (32 + 2), 2 + 32 + 2)  # image | parts | U | V
+    # The same module, checkpoint and images, predicted in this process without the writer.
+    cli = CrocomanCLI(model_class=CrocoTask, datamodule_class=ShardDataModule, subclass_mode_model=True,
+                      subclass_mode_data=True, seed_everything_default=0, run=False, save_config_callback=None,
+                      args=[*arguments, *images, "--trainer.logger=false"])
+    (predicted,) = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=run / "checkpoints/last.ckpt")
+    assert sorted(predicted["key"]) == ["other", "person"]
+    written = {key: np.asarray(Image.open(out / f"{key}.iuv.png")) for key in predicted["key"]}
+    for index, key in enumerate(predicted["key"]):
+        iuv = written[key]
+        assert iuv.shape == (32, 32, 3) and iuv.dtype == np.uint8 and iuv[..., 0].max() <= 24
+        np.testing.assert_array_equal(iuv, predicted["iuv"][index].permute(1, 2, 0).numpy(), err_msg=key)
+        assert len(np.unique(iuv[..., 0])) > 1 and len(np.unique(iuv[..., 1])) > 2  # a map, not a constant
+    assert not np.array_equal(written["person"], written["other"])
 
 
 def test_short_fit_beats_the_all_background_answer(body_shards, tmp_path):

@@ -22,6 +22,7 @@ from heads.joint_maps import JointMapHead
 from heads.parametric import ParametricHead
 from lightning_modules import MeshRecoveryModule
 from lightning_modules.mesh_losses import keypoint_2d_loss, keypoint_3d_loss, masked_mean, pose_prior
+from lightning_modules.mesh_metrics import MeanPointError
 from tests.conftest import REPO
 from tests.test_gesture import ON_CPU, TINY_MODEL, data_args
 from tools.main import main
@@ -168,14 +169,37 @@ def test_predict_writes_a_mesh_overlay_and_parameters_per_image(mesh_shards, bod
     assert Image.open(out / "phone.png").size == (32, 32)
 
 
+def mean_pose_errors(data: MeshDataModule) -> tuple[float, float]:
+    """PA-MPJPE and MPJPE (mm, the module's metrics) of answering every person of ``data``'s validation set with
+    their mean pose: the mean root-relative joints in the body's own frame (the labelled global orientation
+    undone; Procrustes then aligns it to each person), and in the camera's frame."""
+    joints, rotations = [], []
+    for batch in data.val_dataloader():
+        keypoints = batch["keypoints_3d"][..., :3].double()
+        joints.append(keypoints - keypoints[:, :1])
+        rotations.append(axis_angle_to_matrix(batch["global_orient"].double()))
+    joints, rotations = torch.cat(joints), torch.cat(rotations)
+    pa_mpjpe, mpjpe = MeanPointError(procrustes=True, root=0), MeanPointError(root=0)
+    pa_mpjpe.update((joints @ rotations).mean(0).expand_as(joints), joints)
+    mpjpe.update(joints.mean(0).expand_as(joints), joints)
+    return float(pa_mpjpe.compute()), float(mpjpe.compute())
+
+
 @pytest.mark.parametrize(("head", "steps", "weights", "ratio"), [
-    (lambda: ParametricHead("smpl", dim=64, depth=1, num_heads=2), 100, {}, 0.6),
-    # The maps learn the 3D terms where their heatmaps point, which takes longer: ~0.6 at 200 steps.
-    (lambda: JointMapHead("smpl", features=32, hidden=32), 200, {"keypoints_2d_weight": 0.1}, 0.8),
+    (lambda: ParametricHead("smpl", dim=64, depth=1, num_heads=2), 100, {}, 0.55),
+    # The maps learn the 3D terms where their heatmaps point, which takes longer.
+    (lambda: JointMapHead("smpl", features=32, hidden=32), 200, {"keypoints_2d_weight": 0.1}, 0.7),
 ], ids=["parametric", "joint_maps"])
-def test_fine_tuning_lowers_pa_mpjpe_on_synthetic_bodies(mesh_shards, body_model_root, tmp_path, head, steps, weights,
-                                                         ratio):
-    """A few hundred steps on eight synthetic people take PA-MPJPE on them far below its value at initialisation."""
+def test_fine_tuning_reads_each_persons_pose_better_than_their_mean_pose(mesh_shards, body_model_root, tmp_path,
+                                                                         one_torch_thread, head, steps, weights,
+                                                                         ratio):
+    """A few hundred steps on eight synthetic people take PA-MPJPE on them far below answering each of them with
+    their mean pose (MPJPE too, against the mean camera-frame joints): the model reads every person's own pose from
+    the image, which no single answer for everyone does, however well fitted to these people.
+
+    These are the training people. On held-out people no such fit beats the mean pose within a test's budget: at
+    64 px from a random encoder, 1500 steps of 16 on 512 people reach 93 mm on them and 158 mm on 128 others,
+    whose mean pose scores 145 mm (the README's 20 000-people runs are where held-out people are read)."""
     seed_everything(0)
     backbone = CroCoNet(img_size=64, embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
                         decoder_num_heads=2)
@@ -184,14 +208,17 @@ def test_fine_tuning_lowers_pa_mpjpe_on_synthetic_bodies(mesh_shards, body_model
     train = str(mesh_shards["body"] / "train")
     data = MeshDataModule(train, val_shards=train, batch_size=8, num_workers=0, image_size=64, epoch_samples=8,
                           shuffle_buffer=8, augment=False)
+    baseline_pa_mpjpe, baseline_mpjpe = mean_pose_errors(data)
     trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
                       check_val_every_n_epoch=1000)
     before = trainer.validate(module, datamodule=data, verbose=False)[0]
     trainer.fit(module, datamodule=data)
     after = trainer.validate(module, datamodule=data, verbose=False)[0]
-    assert after["val/pa_mpjpe"] < ratio * before["val/pa_mpjpe"], (before, after)
-    assert after["val/mpjpe"] < before["val/mpjpe"] and after["val/pve"] < before["val/pve"]
+    scores = (before, after, baseline_pa_mpjpe, baseline_mpjpe)
+    assert after["val/pa_mpjpe"] < ratio * baseline_pa_mpjpe, scores  # seed 0: 0.39 x and 0.54 x
+    assert after["val/mpjpe"] < 0.8 * baseline_mpjpe, scores  # 0.34 x and 0.61 x
+    assert after["val/pve"] < before["val/pve"], scores
 
 
 def tiny_mesh_module(body_model: BodyModel, **kwargs) -> MeshRecoveryModule:

@@ -2,24 +2,31 @@
 is the run's end even when its last validations did not improve."""
 
 import csv
+import glob
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec.implementations.local
 import pytest
 import torch
 import yaml
 from lightning import LightningModule, Trainer
-from lightning.fabric.utilities.cloud_io import _atomic_save
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.utils.data import DataLoader
 
 from lightning_modules.callbacks import ModelCheckpoint, RunSummary
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL, data_args
+from tests.test_ddp import two_rank_job
+from tools.synth import write_pair_shards
 
 
 def write_config(path: Path, kill_at: int | None) -> Path:
@@ -108,20 +115,111 @@ def test_killed_run_resumes_from_last_checkpoint(killed_then_resumed):
     assert at_resume < start  # the loss curve continues; it does not jump back to its start
 
 
-def test_crash_during_save_keeps_previous_checkpoint(killed_then_resumed, monkeypatch):
-    root = killed_then_resumed[0]
-    last = root / "checkpoints/last.ckpt"
-    before = last.read_bytes()
+def kill_inside_checkpoint_save(command: list[str], workdir: Path, env: dict[str, str],
+                                watched: list[str], timeout_s: float = 240) -> tuple[Path, int]:
+    """Run ``command`` (a training job with ``tests.recorders.SlowSaveAtStep``) in its own process group and
+    SIGKILL the whole group as soon as the marked save is seen writing: a file matching one of the ``watched``
+    glob patterns (the job's temporary folder, its checkpoint folder) appears or changes after
+    ``save-started``. Returns that file and the size it had when the kill was sent."""
+    marker = workdir / "save-started"
+    job = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
 
-    def write_half_then_die(self, data):
-        self.f.write(data[: len(data) // 2])
-        raise KeyboardInterrupt("power cut")
+    def files() -> dict[Path, tuple[int, int]]:
+        seen = {}
+        for path in (path for pattern in watched for path in glob.glob(pattern, recursive=True)):
+            try:
+                status = os.stat(path)
+            except FileNotFoundError:  # renamed or removed under our eyes
+                continue
+            if stat.S_ISREG(status.st_mode):
+                seen[Path(path)] = (status.st_size, status.st_mtime_ns)
+        return seen
 
-    monkeypatch.setattr(fsspec.implementations.local.LocalFileOpener, "write", write_half_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _atomic_save({"state_dict": {"w": torch.zeros(1000)}, "global_step": 99}, last)
-    assert last.read_bytes() == before
-    assert torch.load(last, weights_only=True)["global_step"] == 20
+    started, before = time.monotonic(), None
+    try:
+        while job.poll() is None and time.monotonic() - started < timeout_s:
+            if before is None and marker.exists():
+                before = files()
+            if before is not None:
+                writing = [(path, size) for path, (size, mtime) in files().items()
+                           if size > 0 and before.get(path, (0, 0)) != (size, mtime)]
+                if writing:
+                    os.killpg(job.pid, signal.SIGKILL)
+                    job.wait()
+                    return writing[0]
+            time.sleep(0.001)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    pytest.fail(f"no checkpoint write seen after save-started (exit {job.returncode}): {job.stderr.read()[-3000:]}")
+
+
+def losses_by_step(workdir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every training batch the job's runs took, in order (``tests.recorders.TrainStream``)."""
+    return [(record["step"], record["loss"]) for record in
+            map(json.loads, (workdir / "stream-rank0.jsonl").read_text().splitlines())]
+
+
+@pytest.fixture
+def job_tmpdir(request, tmp_path) -> Iterator[Path]:
+    """The killed job's TMPDIR, where a save may stage its file before moving it into place: on the checkpoints'
+    filesystem, or on another one (tmpfs), as node-local /tmp is beside a cluster's shared checkpoint folder."""
+    if request.param == "same filesystem":
+        yield Path(tempfile.mkdtemp(dir=tmp_path))
+        return
+    if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to put TMPDIR on")
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="crocoman-test-"))
+    yield folder
+    shutil.rmtree(folder)  # the killed save's staged copy: hundreds of MiB of memory
+
+
+@pytest.mark.parametrize("job_tmpdir", ["same filesystem", "another filesystem"], indirect=True)
+def test_a_kill_inside_a_checkpoint_save_keeps_the_previous_last_checkpoint(pair_shards, tmp_path, job_tmpdir):
+    """A real training process SIGKILLed while it writes last.ckpt (the step-6 save, made slow by 256 MiB of
+    ballast): last.ckpt is the complete step-3 checkpoint (or, if the kill came only once the file was in place,
+    the complete step-6 one), never a partial file, and `--ckpt_path last` continues from it, taking the same
+    steps with the same losses as the killed run."""
+    config = yaml.safe_load((REPO / "configs/pretrain/cpu_demo.yaml").read_text())
+    config["trainer"]["logger"] = False
+    config["trainer"]["callbacks"] = [
+        {"class_path": "lightning_modules.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": "checkpoints", "every_n_train_steps": 3, "save_top_k": 0, "save_last": True}},
+        {"class_path": "lightning_modules.callbacks.RunSummary"},
+        {"class_path": "tests.recorders.TrainStream"},
+    ]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(REPO),
+           "CROCOMAN_RECORD_DIR": str(tmp_path), "TMPDIR": str(job_tmpdir)}
+    command = [sys.executable, "-m", "tools.main", "fit", "-c", str(tmp_path / "config.yaml"), *TINY_MODEL,
+               *data_args(pair_shards, 64, 2), "--data.epoch_pairs=64", "--data.num_workers=1",
+               "--trainer.limit_val_batches=0", "--trainer.max_steps=6"]
+    # On one filesystem the kill lands while the staged file is written; across two, where staging is cheap and
+    # the move into place is a copy, while that copy writes into the checkpoint folder.
+    watched = [str(job_tmpdir / "*")] if "/dev/shm" not in str(job_tmpdir) else []
+    written, size = kill_inside_checkpoint_save(
+        [*command, "--trainer.callbacks+=tests.recorders.SlowSaveAtStep", "--trainer.callbacks.step=6"],
+        tmp_path, env, [*watched, str(tmp_path / "checkpoints/**/*")])
+    assert 0 < size, (written, size)
+    killed = losses_by_step(tmp_path)
+    assert [step for step, _ in killed] == [1, 2, 3, 4, 5, 6]
+    last = tmp_path / "checkpoints/last.ckpt"
+    assert last.is_file()  # (absent would be acceptable too; a partial file never is)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    saved = checkpoint["global_step"]
+    if watched:
+        assert size < 256 * 2**20, (written, size)  # killed in the middle of writing the step-6 checkpoint
+        assert saved == 3 and "ballast" not in checkpoint["state_dict"]
+    assert saved in (3, 6)
+
+    resumed = subprocess.run([*command, "--ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "crocoman: finished 6 steps" in resumed.stdout
+    assert losses_by_step(tmp_path)[6:] == killed[saved:]  # the steps after the save again: the same losses
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
 
 
 def test_resuming_continues_the_wandb_run(pair_shards, tmp_path, monkeypatch):
@@ -177,3 +275,59 @@ def test_last_checkpoint_holds_the_final_weights_when_validation_stopped_improvi
     assert last["global_step"] == 6 and torch.equal(last["state_dict"]["weight"], module.weight.detach())
     assert Path(callback.best_model_path).name == "epoch=0-step=2.ckpt"
     assert torch.load(callback.best_model_path, map_location="cpu", weights_only=False)["global_step"] == 2
+
+
+def test_the_summary_of_a_run_whose_checkpoints_have_no_monitor_names_no_best(tmp_path, capsys):
+    """Without a monitor ModelCheckpoint keeps the latest files and has no best score: the summary says so by
+    leaving the best line out, instead of failing the finished run."""
+    callback = ModelCheckpoint(dirpath=tmp_path, save_top_k=1, save_last=True)
+    Trainer(max_epochs=2, callbacks=[callback, RunSummary(monitor="val/error")], logger=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path).fit(WorseningModule())
+    printed = capsys.readouterr().out
+    assert f"checkpoints: {tmp_path}" in printed and "best (" not in printed
+
+
+def distributed_state(folder: Path, scratch: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a distributed checkpoint folder, gathered into one state dict (raises if it is incomplete)."""
+    dcp_to_torch_save(folder, scratch / f"{folder.name}.pt")
+    state = torch.load(scratch / f"{folder.name}.pt", map_location="cpu", weights_only=True)
+    return {f"{group}.{name}": tensor for group, tensors in state.items() if isinstance(tensors, dict)
+            for name, tensor in tensors.items() if isinstance(tensor, torch.Tensor)}
+
+
+def test_a_kill_inside_a_distributed_checkpoint_save_keeps_the_previous_last_checkpoint(tmp_path):
+    """FSDP2 on two gloo ranks writes last.ckpt as a folder (sharded tensors + metadata). The whole job SIGKILLed
+    while it writes the step-4 save (256 MiB of ballast in its state dict): last.ckpt is still the complete
+    step-2 checkpoint (tensor for tensor the copy a second callback kept), or absent, and `--ckpt_path last`
+    continues from it."""
+    shards = tmp_path / "shards"
+    write_pair_shards(shards, num_groups=8, val_groups=8, image_size=64, cameras=2, times=2, seed=1,
+                      groups_per_shard=4)
+    callbacks = tmp_path / "callbacks.yaml"  # replaces the config's: a last.ckpt every 2 steps, no validation
+    callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "lightning_modules.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": "checkpoints", "every_n_train_steps": 2, "save_top_k": 0, "save_last": True}},
+        {"class_path": "lightning_modules.callbacks.ModelCheckpoint",  # saves after the first: keeps step 2
+         "init_args": {"dirpath": "history", "every_n_train_steps": 2, "save_top_k": -1,
+                       "mode": "max"}},  # (no metric: only tells the two callbacks' states apart)
+        {"class_path": "tests.recorders.TrainStream"}]}}))
+    common = ("-c", str(callbacks), "--trainer.max_steps=4", "--trainer.limit_val_batches=0", "--data.num_workers=1")
+    command, env = two_rank_job(shards, "fsdp2.yaml", tmp_path, *common,
+                                "--trainer.callbacks+=tests.recorders.SlowSaveAtStep", "--trainer.callbacks.step=4")
+    last = tmp_path / "checkpoints/last.ckpt"
+    written, size = kill_inside_checkpoint_save(command, tmp_path, env, [str(last.parent / "**/*")])
+    assert 0 < size < 256 * 2**20, (written, size)  # killed while the step-4 last.ckpt was being written
+    assert [step for step, _ in losses_by_step(tmp_path)] == [1, 2, 3, 4]
+    if last.exists():
+        assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == 2
+        kept = distributed_state(tmp_path / "history/epoch=0-step=2.ckpt", tmp_path)
+        state = distributed_state(last, tmp_path)
+        assert sorted(state) == sorted(kept) and "state_dict.ballast" not in state
+        for name, tensor in kept.items():
+            assert torch.equal(state[name], tensor), name
+
+    command, env = two_rank_job(shards, "fsdp2.yaml", tmp_path, *common, "--ckpt_path=last")
+    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [step for step, _ in losses_by_step(tmp_path)] == [1, 2, 3, 4, 3, 4]  # continued after step 2
+    assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == 4
