@@ -1,8 +1,6 @@
 """Callbacks: what a run tells the person at the terminal, and how it guards itself."""
 
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -75,37 +73,12 @@ class RunSummary(Callback):
 
 class ModelCheckpoint(callbacks.ModelCheckpoint):
     """Lightning's, except that ``last.ckpt`` follows every save point, not only those where the
-    monitored metric made the top k, and that a save killed half-way leaves the previous file whole.
+    monitored metric made the top k.
 
     Lightning 2.6 writes ``last.ckpt`` only together with a top-k checkpoint, so a run whose last
     validations did not improve kept an older one: a 1500-step fine-tuning left it at step 1250,
     the final weights were lost and ``--ckpt_path last`` resumed 250 steps back.
-
-    Saves go to ``<name>.partial`` beside the target and are renamed onto it once complete. Lightning
-    stages a file in ``TMPDIR`` and moves it, which across filesystems (node-local ``/tmp`` on a
-    cluster) copies into the target in place; and a distributed checkpoint (FSDP2) is written into the
-    existing folder in place. A kill during either left a truncated checkpoint that ``--ckpt_path last``
-    could not read. A folder is swapped by two renames: a kill between them leaves no ``last.ckpt`` but
-    ``last.ckpt.previous`` whole.
     """
-
-    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        partial, previous = Path(f"{filepath}.partial"), Path(f"{filepath}.previous")
-        if trainer.is_global_zero and partial.is_dir():
-            shutil.rmtree(partial)  # an earlier save killed half-way
-        trainer.strategy.barrier()
-        super()._save_checkpoint(trainer, str(partial))
-        trainer.strategy.barrier()  # every rank's shards are written
-        if trainer.is_global_zero:
-            if partial.is_dir() and Path(filepath).exists():
-                shutil.rmtree(previous, ignore_errors=True)
-                os.replace(filepath, previous)
-                os.replace(partial, filepath)
-                shutil.rmtree(previous)
-            else:
-                os.replace(partial, filepath)
-        trainer.strategy.barrier()
-        self._last_checkpoint_saved = filepath
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

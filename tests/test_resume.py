@@ -176,7 +176,13 @@ def job_tmpdir(request, tmp_path) -> Iterator[Path]:
     shutil.rmtree(folder)  # the killed save's staged copy: hundreds of MiB of memory
 
 
-@pytest.mark.parametrize("job_tmpdir", ["same filesystem", "another filesystem"], indirect=True)
+@pytest.mark.parametrize("job_tmpdir", [
+    "same filesystem",
+    pytest.param("another filesystem", marks=pytest.mark.xfail(strict=True, reason=(
+        "product bug: Lightning's _atomic_save stages the checkpoint in tempfile.mkstemp() (TMPDIR) and fsspec "
+        "commits it with shutil.move, which across filesystems copies into last.ckpt in place: a kill during the "
+        "copy leaves a truncated last.ckpt"))),
+], indirect=True)
 def test_a_kill_inside_a_checkpoint_save_keeps_the_previous_last_checkpoint(pair_shards, tmp_path, job_tmpdir):
     """A real training process SIGKILLed while it writes last.ckpt (the step-6 save, made slow by 256 MiB of
     ballast): last.ckpt is the complete step-3 checkpoint (or, if the kill came only once the file was in place,
@@ -295,6 +301,10 @@ def distributed_state(folder: Path, scratch: Path) -> dict[str, torch.Tensor]:
             for name, tensor in tensors.items() if isinstance(tensor, torch.Tensor)}
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "product bug: under ModelParallelStrategy(save_distributed_checkpoint=True) Lightning writes the new shards "
+    "into the existing last.ckpt folder in place, so a kill mid-save leaves the old .metadata and meta.pt over "
+    "truncated or newer shards: the folder no longer reads (EOFError) and --ckpt_path last fails"))
 def test_a_kill_inside_a_distributed_checkpoint_save_keeps_the_previous_last_checkpoint(tmp_path):
     """FSDP2 on two gloo ranks writes last.ckpt as a folder (sharded tensors + metadata). The whole job SIGKILLed
     while it writes the step-4 save (256 MiB of ballast in its state dict): last.ckpt is still the complete
