@@ -94,13 +94,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_photo(path: Path, fraction: float = 1.0) -> tuple[Image.Image, tuple[int, int], float]:
+def read_photo(path: Path, size: int, side: float | None = None) -> tuple[Image.Image, tuple[int, int], float]:
     """The upright RGB image, its full upright size (W, H) and the scale of the returned pixels to those of
-    the full size (1, or 1/2, 1/4, 1/8 when a JPEG decodes at ``fraction`` of its size or more)."""
+    the full size: 1, or 1/2, 1/4, 1/8 when a JPEG can decode that small and still show ``side`` full-size
+    pixels (default: its longer side) on at least ``size`` pixels."""
     try:
         with Image.open(path) as image:
             stored_width = image.size[0]
             full = image.size[::-1] if image.getexif().get(ExifTags.Base.Orientation) in _SIDEWAYS else image.size
+            fraction = min(1.0, size / (side or max(full)))
             if fraction < 1:
                 image.draft(None, (math.ceil(image.size[0] * fraction), math.ceil(image.size[1] * fraction)))
             image.load()
@@ -156,10 +158,8 @@ class Photos(Dataset):
         item = {"path": str(path), "key": key, "error": "", "boxed": False}
         try:
             boxes = person_boxes(path)
-            with Image.open(path) as header:  # the size alone, to choose the decode scale
-                longest = max(header.size)
-            smallest = longest if boxes is None else min(square_around(box, self.box_margin)[2] for box in boxes)
-            image, (width, height), scale = read_photo(path, min(1.0, self.image_size / smallest))
+            smallest = None if boxes is None else min(square_around(box, self.box_margin)[2] for box in boxes)
+            image, (width, height), scale = read_photo(path, self.image_size, smallest)
         except PhotoError as error:
             return item | self._unusable(str(error))
         except (OSError, SyntaxError, Image.DecompressionBombError) as error:
@@ -176,10 +176,9 @@ class Photos(Dataset):
         }
 
     def _unusable(self, error: str) -> dict:
-        size = self.image_size
-        return {"error": error, "photo_K": nominal_camera(size, size, self.focal_ratio), "photo_size": (size, size),
-                "image": torch.full((1, 3, size, size), 128, dtype=torch.uint8),
-                "K": nominal_camera(size, size, self.focal_ratio).float()[None],
+        size, K = self.image_size, nominal_camera(self.image_size, self.image_size, self.focal_ratio)
+        return {"error": error, "photo_K": K, "photo_size": (size, size),
+                "image": torch.full((1, 3, size, size), 128, dtype=torch.uint8), "K": K.float()[None],
                 "box": torch.tensor([[0.0, 0.0, size, size]]), "valid": torch.zeros(1, dtype=torch.bool)}
 
 

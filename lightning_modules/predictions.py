@@ -105,7 +105,7 @@ class MeshPredictionWriter(FilesPerImage):
         people = [i for i in range(len(prediction["key"])) if int(batch["photo"][i]) == photo and bool(batch["valid"][i])]
         width, height = batch["photo_size"][photo].tolist()
         shrink = min(1.0, self.overlay_size / max(width, height))
-        image, _, _ = read_photo(Path(batch["path"][photo]), shrink)
+        image, _, _ = read_photo(Path(batch["path"][photo]), self.overlay_size)
         size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
         image = image.resize(size, Image.Resampling.BILINEAR) if image.size != size else image
         # Photo pixels -> overlay pixels (pixel centres at integers), per axis.
