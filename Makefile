@@ -79,7 +79,7 @@ bench: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(BIN)/crocoman-bench --out benchmarks/results
 
 # The pretraining study (benchmarks/study/cpu): body and hand models x four pretrainings x three seeds, frozen
-# probes and fine-tunes (10% of the labels); resumable run by run (rerun to continue a stopped study).
+# probes and fine-tunes (10% of the labels); resumable run by run from the records it keeps in benchmarks/study/cpu/records.
 study: $(INSTALLED)
 	HF_HUB_OFFLINE=1 nice -n 5 $(BIN)/crocoman-study --preset cpu --seeds 0 1 2
 

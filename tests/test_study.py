@@ -2,6 +2,7 @@
 end to end on tiny real data, resumes from finished runs, and validates the GPU preset."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -141,14 +142,23 @@ def test_study_end_to_end_on_toy_data_and_resume(tmp_path, capsys):
     assert [c["init_args"]["shards"] for c in probes] == [str(tmp_path / "data/bodies/val")]
     assert list((toy / "pretrain/body/mae/seed0/wandb").glob("offline-run-*"))
 
-    # Resume: a lost result is redone, the others are reused, and the table is the same.
-    (tmp_path / "runs/toy/finetune/mae/gesture/50pct/seed0/result.json").unlink()
+    # Resume: a lost record is redone, the others are reused, and the table is the same.
     redone = "finetune/mae/gesture/50pct/seed0"
+    (out / "records" / f"{redone}.json").unlink()
     again = study(arguments)["finetune"]
     assert [r for r in again if r["key"] != redone] == [r for r in report["finetune"] if r["key"] != redone]
     assert next(r for r in again if r["key"] == redone)["global_step"] == 1
     second = capsys.readouterr().out
     assert second.count(": training (") == 1 and second.count(": reusing ") == runs - 1
+    # On a fresh clone (run directories gone, records kept with the results) nothing is trained again, unless a
+    # fine-tune lost its record: then its pretraining is redone for the weights it starts from, and only that.
+    shutil.rmtree(tmp_path / "runs")
+    assert study(arguments)["finetune"] == again and capsys.readouterr().out.count(": training (") == 0
+    (out / "records" / f"{redone}.json").unlink()
+    study(arguments)
+    third = capsys.readouterr().out
+    assert third.count(": training (") == 2 and "pretrain/hand/mae/seed0: training" in third
+    assert f"{redone}: training" in third
 
     # Data written with other settings is refused, not silently mixed with the cached results.
     changed = load_preset(str(write_preset(tmp_path, **{"data/hands/samples": 12})))

@@ -8,10 +8,13 @@ people: 2D keypoints, 3D joints, gesture class; (e) is the same random encoder's
 first step, which every run measures) and **fine-tuning** (body mesh recovery from the body model,
 gesture classification from the hand model, with a fraction of the training labels). Every run goes
 through ``tools.main.main`` (the ``crocoman`` LightningCLI) with a config written from the task's own
-YAML, its own directory and a W&B group per study; a finished run leaves ``result.json``, reused when
-the study is run again with the same config, so an interrupted study resumes where it stopped. The
-preset (``configs/study/<name>.yaml``) holds every size; the outputs are ``results.md``,
-``results.json`` and ``plot.png`` under ``--out/<preset>``.
+YAML, its own directory and a W&B group per study. Runs go seed by seed (a seed's pretrainings, then
+its fine-tunes), and a finished run leaves its record under ``--out/<preset>/records/``, beside the
+results and committed with them: the study run again with the same configs reuses every record (a
+pretraining's checkpoint is only needed while one of its fine-tunes has none), so an interrupted study
+resumes where it stopped, on this machine or on a fresh clone. The tables are rewritten after every
+finished seed. The preset (``configs/study/<name>.yaml``) holds every size; the outputs are
+``results.md``, ``results.json`` and ``plot.png`` under ``--out/<preset>``.
 """
 
 import argparse
@@ -224,6 +227,7 @@ class Run:
     key: str  # e.g. "pretrain/body/view+pose/seed0", "finetune/mae/gesture/10pct/seed1"
     config: dict
     directory: Path
+    record: Path  # its result, kept with the study's results (outlives the run directory)
     arm: str
     seed: int
     model: str
@@ -245,13 +249,13 @@ class Run:
     def checkpoint(self) -> Path:
         return self.directory / "checkpoints" / "last.ckpt"
 
-    def cached(self) -> dict | None:
-        """The result of an earlier run of exactly this run, if it finished (and left its checkpoint)."""
-        path = self.directory / "result.json"
-        if not path.is_file():
+    def cached(self, weights_needed: bool = False) -> dict | None:
+        """The record of an earlier run of exactly this run; for a pretraining whose weights a fine-tune still
+        needs, only if its checkpoint is still there too."""
+        if not self.record.is_file():
             return None
-        result = json.loads(path.read_text())
-        if result.get("digest") != self.digest or (self.task is None and not self.checkpoint.is_file()):
+        result = json.loads(self.record.read_text())
+        if result.get("digest") != self.digest or (weights_needed and not self.checkpoint.is_file()):
             return None
         return result
 
@@ -284,8 +288,8 @@ def run_config(base: str, run_dir: Path, name: str, group: str, job_type: str, s
 
 
 def plan(preset: dict, data: dict[str, Path], seeds: list[int], steps_scale: float, group: str,
-         runs_root: Path) -> tuple[list[Run], list[Run]]:
-    """Every pretraining and fine-tuning run of the study, in the order they run."""
+         runs_root: Path, records: Path) -> tuple[list[Run], list[Run]]:
+    """Every pretraining and fine-tuning run of the study (records of finished runs go to ``records``)."""
     common = {"data.init_args.image_size": preset["data"]["image_size"],
               **{f"model.init_args.backbone.init_args.{k}": v for k, v in preset["backbone"].items()},
               **{f"trainer.{k}": v for k, v in preset.get("trainer", {}).items()},
@@ -308,8 +312,9 @@ def plan(preset: dict, data: dict[str, Path], seeds: list[int], steps_scale: flo
                 probes = {"shards": str(data[model.labelled] / "val"), "samples": probe_samples, "missing": "error"}
                 config = run_config(pre["config"], directory, f"pretrain-{model.name}-{arm}-s{seed}", group,
                                     "pretrain", seed, pre_steps, settings, checkpoint=True, probes=probes)
-                pretrain_runs[model.name, arm, seed] = Run(f"pretrain/{model.name}/{arm}/seed{seed}", config,
-                                                           directory, arm, seed, model.name)
+                key = f"pretrain/{model.name}/{arm}/seed{seed}"
+                pretrain_runs[model.name, arm, seed] = Run(key, config, directory, records / f"{key}.json", arm,
+                                                           seed, model.name)
     finetune_runs = []
     for seed in seeds:
         for task in TASKS:
@@ -334,16 +339,17 @@ def plan(preset: dict, data: dict[str, Path], seeds: list[int], steps_scale: flo
                     config = run_config(spec["config"], directory, f"{task.name}-{arm}-{percent}-s{seed}", group,
                                         "finetune", seed, steps, {**settings, **spec.get("overrides", {})},
                                         checkpoint=False)
-                    finetune_runs.append(Run(f"finetune/{arm}/{task.name}/{percent}/seed{seed}", config, directory,
-                                             arm, seed, task.model, task, fraction, source))
+                    key = f"finetune/{arm}/{task.name}/{percent}/seed{seed}"
+                    finetune_runs.append(Run(key, config, directory, records / f"{key}.json", arm, seed, task.model,
+                                             task, fraction, source))
     return list(pretrain_runs.values()), finetune_runs
 
 
-def execute(run: Run, dry_run: bool) -> dict | None:
+def execute(run: Run, dry_run: bool, weights_needed: bool) -> dict | None:
     """Run (or reuse) one run through the ``crocoman`` CLI; returns its result record (None when dry)."""
-    cached = run.cached()
+    cached = run.cached(weights_needed)
     if cached is not None:
-        print(f"study: {run.key}: reusing {run.directory / 'result.json'}", flush=True)
+        print(f"study: {run.key}: reusing {run.record}", flush=True)
         return cached
     run.directory.mkdir(parents=True, exist_ok=True)
     config_path = run.directory / "study_config.yaml"
@@ -370,7 +376,7 @@ def execute(run: Run, dry_run: bool) -> dict | None:
         raise RuntimeError(f"{run.key}: fit ended without {metrics_path}; see the log above and {run.directory}")
     finished = json.loads(metrics_path.read_text())
     result = {"key": run.key, "arm": run.arm, "seed": run.seed, "model": run.model, "digest": run.digest,
-              "wall_seconds": round(time.perf_counter() - started, 1), **finished}
+              "commit": git_commit(), "wall_seconds": round(time.perf_counter() - started, 1), **finished}
     if run.task is None:  # a pretraining: the probes before its first step (the random encoder) and at its end
         if len(finished["probes"]) < 2:
             raise RuntimeError(f"{run.key}: the online probes measured {len(finished['probes'])} time(s), expected "
@@ -382,7 +388,8 @@ def execute(run: Run, dry_run: bool) -> dict | None:
             raise RuntimeError(f"{run.key}: the run logged no {run.task.metric} "
                                f"(logged: {sorted(finished['metrics'])})")
         result |= {"task": run.task.name, "fraction": run.fraction, "metric": run.task.metric, "value": value}
-    (run.directory / "result.json").write_text(json.dumps(result, indent=2))
+    run.record.parent.mkdir(parents=True, exist_ok=True)
+    run.record.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -488,6 +495,8 @@ def markdown(probes: list[Column], finetunes: list[Column], header: dict) -> str
     return "\n".join([
         f"# Pretraining study, preset `{header['preset']}`", "",
         f"Cells: mean ± sample standard deviation over seeds {seeds} (one run per seed).", "",
+        *([f"**Partial:** seeds {', '.join(map(str, header['pending']))} still to run; the same command continues "
+           "the study from its records.", ""] if header.get("pending") else []),
         "## Frozen probes", "", *table(probes), "",
         "## Fine-tuning", "", *table(finetunes), "",
         "Reading (computed from the tables; 'beats' means by more than the two spreads together):", "",
@@ -592,44 +601,63 @@ def run_study(argv: list[str] | None = None) -> dict:
     preset = load_preset(args.preset)
     if preset.get("threads"):
         torch.set_num_threads(preset["threads"])
-    header = {"preset": preset["name"], "seeds": args.seeds, "commit": git_commit(), "machine": machine(),
+    header = {"preset": preset["name"], "seeds": args.seeds, "machine": machine(),
               "command": shlex.join(["crocoman-study", *(sys.argv[1:] if argv is None else argv)])}
     group = f"study-{preset['name']}"
     data = ensure_data(preset, args.dry_run)
-    runs_root = args.runs / preset["name"]
-    pretrain_runs, finetune_runs = plan(preset, data, args.seeds, args.steps_scale, group, runs_root)
+    runs_root, out = args.runs / preset["name"], args.out / preset["name"]
+    pretrain_runs, finetune_runs = plan(preset, data, args.seeds, args.steps_scale, group, runs_root,
+                                        out / "records")
     print(f"study: {len(pretrain_runs)} pretraining and {len(finetune_runs)} fine-tuning runs under {runs_root}",
           flush=True)
+    weights_needed = {run.source.key for run in finetune_runs if run.source and run.cached() is None}
     from tqdm import tqdm
 
-    records = [execute(run, args.dry_run) for run in tqdm([*pretrain_runs, *finetune_runs], desc="study", unit="run")]
+    records: dict[str, dict] = {}
+    report = {}
+    in_order = sorted([*pretrain_runs, *finetune_runs], key=lambda run: args.seeds.index(run.seed))
+    for index, run in enumerate(tqdm(in_order, desc="study", unit="run")):
+        records[run.key] = execute(run, args.dry_run, run.key in weights_needed)
+        seed_done = index + 1 == len(in_order) or in_order[index + 1].seed != run.seed
+        if seed_done and not args.dry_run:
+            done = args.seeds[:args.seeds.index(run.seed) + 1]
+            report = write_report(preset, header | {"seeds": done, "pending": args.seeds[len(done):]},
+                                  args.steps_scale, out,
+                                  [records[r.key] for r in pretrain_runs if r.seed in done],
+                                  [records[r.key] for r in finetune_runs if r.seed in done], started)
     if args.dry_run:
         print(f"study: dry run: {len(records)} run configs validated under {runs_root}")
         return {}
-    pretrain_records, finetune_records = records[:len(pretrain_runs)], records[len(pretrain_runs):]
+    print(f"study: {len(report['finetune'])} fine-tunes over {len(report['pretrain'])} pretrainings in "
+          f"{report['wall_seconds'] / 60:.1f} min -> {out / 'results.md'}, results.json, plot.png")
+    return report
+
+
+def write_report(preset: dict, header: dict, steps_scale: float, out: Path, pretrain_records: list[dict],
+                 finetune_records: list[dict], started: float) -> dict:
+    """Tables, verdicts and plot of the seeds in ``header`` (results.md, results.json, plot.png in ``out``)."""
     probes = probe_columns(pretrain_records)
     finetunes = finetune_columns(finetune_records, sorted(preset["label_fractions"]))
-    header |= {"wall_seconds": time.perf_counter() - started,
-               "run_seconds": sum(r["wall_seconds"] for r in records),
-               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "floors_agree": floors_agree(pretrain_records),
-               "budget": (f"pretraining {round(preset['pretrain']['steps'] * args.steps_scale)} steps x batch "
-                          f"{preset['pretrain']['batch_size']} per model ({', '.join(MODELS)}); " + "; ".join(
-                              f"{t.title} {round(preset['finetune'][t.name]['steps'] * args.steps_scale)} steps x "
-                              f"batch {preset['finetune'][t.name]['batch_size']} from the {t.model} model"
-                              for t in TASKS)
-                          + f"; backbone {preset['backbone']}, {preset['data']['image_size']} px")}
-    out = args.out / preset["name"]
+    records = pretrain_records + finetune_records
+    header = header | {
+        "commit": ", ".join(sorted({r.get("commit", "unknown") for r in records})),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "run_seconds": sum(r["wall_seconds"] for r in records),
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "floors_agree": floors_agree(pretrain_records),
+        "budget": (f"pretraining {round(preset['pretrain']['steps'] * steps_scale)} steps x batch "
+                   f"{preset['pretrain']['batch_size']} per model ({', '.join(MODELS)}); " + "; ".join(
+                       f"{t.title} {round(preset['finetune'][t.name]['steps'] * steps_scale)} steps x "
+                       f"batch {preset['finetune'][t.name]['batch_size']} from the {t.model} model"
+                       for t in TASKS)
+                   + f"; backbone {preset['backbone']}, {preset['data']['image_size']} px")}
     out.mkdir(parents=True, exist_ok=True)
-    report = {**header, "wall_seconds": round(header["wall_seconds"], 1), "preset_config": preset,
-              "pretrain": pretrain_records, "finetune": finetune_records,
+    report = {**header, "preset_config": preset, "pretrain": pretrain_records, "finetune": finetune_records,
               "columns": [{"title": c.title, "unit": c.unit, "lower_is_better": c.lower_is_better,
                            "values": c.values} for c in probes + finetunes]}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(markdown(probes, finetunes, header))
     plot(probes + finetunes, out / "plot.png")
-    print(f"study: {len(finetune_records)} fine-tunes over {len(pretrain_records)} pretrainings in "
-          f"{header['wall_seconds'] / 60:.1f} min -> {out / 'results.md'}, results.json, plot.png")
     return report
 
 
