@@ -1,1 +1,2 @@
-"""Command-line tools around crocoman: synthetic data, dataset converters, benchmarks."""
+"""The run tools around the model packages: the ``crocoman`` command (``main``), ``crocoman-data`` (``data``:
+the synthetic world in ``synth/``, dataset converters in ``convert/``), the bench, the study and export."""

@@ -7,12 +7,12 @@ machines and commits compare like with like:
    ``model`` section, so the numbers follow the config) trained on synthetic tensors at the
    config's batch size: masking, forward, loss, backward, gradient clipping, AdamW step.
 2. ``vit_pretrain`` (CUDA only): ViT-B and ViT-L CroCo at 224 px, mask 0.9, bf16 autocast, eager
-   and ``torch.compile``d, with model FLOPs utilisation from ``tools.flops``; plus our encoder
+   and ``torch.compile``d, with model FLOPs utilisation from ``crocoman.flops``; plus our encoder
    against timm's ViT of the same size (forward + backward, all tokens) so that the cost of our
    RoPE blocks is visible as a ratio.
 3. ``data_pipeline``: pairs per second out of one loader worker of ``datamodules.PairDataModule``
    at 224 px and at the demo's 128 px, in each augmentation mode and on the replaced per-sample
-   path (``tools.bench_data``), the speed-up over it, a per-stage profile of a pair's time in each
+   path (``crocoman.bench_data``), the speed-up over it, a per-stage profile of a pair's time in each
    mode, and how many workers keep the model of case 1 / 2 fed.
 4. ``pretrain_from_shards``: the pretraining config (CPU demo; ViT-B on CUDA, 4 and 8 workers)
    trained by a Lightning ``Trainer`` from pair shards in each mode and from random tensors, in
@@ -70,11 +70,11 @@ from heads import CompletionHead
 from heads.dense import NUM_PARTS
 from lightning_modules.finetune import FinetuneTask
 from lightning_modules.pretrain import PretrainModule
-from tools.bench_data import MODES, loader_throughput, pairs_in_mode, stage_profile
-from tools.flops import pretrain_step_flops
-from tools.provenance import git_commit
-from tools.synth.bodymodel import write_body_models
-from tools.synth.hand import GESTURE_NAMES
+from crocoman.bench_data import MODES, loader_throughput, pairs_in_mode, stage_profile
+from crocoman.flops import pretrain_step_flops
+from crocoman.provenance import git_commit
+from crocoman.synth.bodymodel import write_body_models
+from crocoman.synth.hand import GESTURE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_DEMO_CONFIG = REPO / "configs" / "pretrain" / "cpu_demo.yaml"
@@ -151,7 +151,7 @@ def peak_bf16_flops(gpu_name: str) -> tuple[float | None, str]:
             if peak is None:
                 return None, f"{gpu_name!r} is a {pattern} variant whose peak is not in PEAK_BF16_FLOPS"
             return peak, f"PEAK_BF16_FLOPS[{pattern!r}] (datasheet, dense)"
-    return None, f"no peak bf16 FLOP/s known for {gpu_name!r}: add it to PEAK_BF16_FLOPS in tools/bench.py"
+    return None, f"no peak bf16 FLOP/s known for {gpu_name!r}: add it to PEAK_BF16_FLOPS in crocoman/bench.py"
 
 
 def describe_device(device: torch.device) -> dict:
@@ -701,7 +701,7 @@ def finetune_case(device: torch.device, steps: int, warmup: int = MODEL_WARMUP_S
                                           overrides=overrides) for case in cases}
     return {"settings": {"warmup_steps": warmup, "timed_steps": steps, "devices": 1,
                          "inputs": "one synthetic batch of the module's batch contract, already on the device; "
-                                   "mesh labels from the synthetic body models (tools.synth.bodymodel)",
+                                   "mesh labels from the synthetic body models (crocoman.synth.bodymodel)",
                          "trainer": "lightning Trainer with the config's precision and gradient_clip_val, "
                                     "no logger, checkpointing or validation; pretrained=None",
                          "modules": {name: run["settings"] for name, run in runs.items()}},
@@ -713,19 +713,19 @@ def finetune_case(device: torch.device, steps: int, warmup: int = MODEL_WARMUP_S
 
 
 class ShardsUnavailable(RuntimeError):
-    """No ``--shards`` and no shard writer in ``tools.synth`` to make some."""
+    """No ``--shards`` and no shard writer in ``crocoman.synth`` to make some."""
 
 
 def synthetic_shards(root: Path, name: str, image_size: int) -> tuple[Path, dict]:
-    """A small pair-shard set of ``image_size`` px crops written by ``tools.synth``.
+    """A small pair-shard set of ``image_size`` px crops written by ``crocoman.synth``.
 
     Resampled loading cycles through it, so a few groups suffice: only decoding and
     augmentation are timed, and the files stay in the page cache as real hot shards would.
     """
     try:
-        from tools.synth import write_pair_shards
+        from crocoman.synth import write_pair_shards
     except ImportError as error:
-        raise ShardsUnavailable(f"no --shards given and tools.synth cannot write shards ({error}); "
+        raise ShardsUnavailable(f"no --shards given and crocoman.synth cannot write shards ({error}); "
                                 f"pass --shards DIR") from error
 
     out = root / f"synth-{name}"
@@ -733,7 +733,7 @@ def synthetic_shards(root: Path, name: str, image_size: int) -> tuple[Path, dict
     if not (out / "manifest.json").is_file():  # the data cases share one set per size
         with contextlib.redirect_stdout(sys.stderr):  # its summary line is not the bench's
             write_pair_shards(out, workers=min(4, usable_cores()), **settings)
-    return out / "train", {"source": "tools.synth.write_pair_shards", **settings}
+    return out / "train", {"source": "crocoman.synth.write_pair_shards", **settings}
 
 
 def data_case(steps: int, shards: str | None, workdir: Path) -> dict:
@@ -855,7 +855,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="crocoman-bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder of the result JSON")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model case and batches per data case")
-    parser.add_argument("--shards", help="pair shards for the data case (default: a small tools.synth set)")
+    parser.add_argument("--shards", help="pair shards for the data case (default: a small crocoman.synth set)")
     parser.add_argument("--warmup", type=int, default=MODEL_WARMUP_STEPS,
                         help="untimed steps before each model case (the first one includes compilation)")
     parser.add_argument("--skip-data", action="store_true", help="skip the data pipeline case")

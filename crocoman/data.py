@@ -8,10 +8,10 @@ import importlib
 import os
 from pathlib import Path
 
-from tools.convert import CONVERTERS
-from tools.synth.bodymodel import write_body_models
-from tools.synth.labelled import TASKS, write_labelled_shards
-from tools.synth.shards import write_pair_shards
+from crocoman.convert import CONVERTERS
+from crocoman.synth.bodymodel import write_body_models
+from crocoman.synth.labelled import TASKS, write_labelled_shards
+from crocoman.synth.shards import write_pair_shards
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -49,7 +49,7 @@ def _body_models(args: argparse.Namespace) -> None:
         return
     # only when converting official files
     from datamodules.safe_pickle import UnsafePickleError
-    from tools.convert.chumpy_models import convert_body_model
+    from crocoman.convert.chumpy_models import convert_body_model
 
     for source in args.convert:
         try:
@@ -65,7 +65,7 @@ class _ConverterHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 def _convert(args: argparse.Namespace) -> None:
     """Parse the dataset's own options only now, so each converter imports only when it runs."""
     # imports torch: only when converting
-    from tools.convert.common import add_common_arguments
+    from crocoman.convert.common import add_common_arguments
 
     converter = importlib.import_module(CONVERTERS[args.dataset])
     parser = argparse.ArgumentParser(prog=f"crocoman-data convert {args.dataset}", description=converter.__doc__,

@@ -4,7 +4,7 @@ from lightning.pytorch.cli import ArgsType
 
 from datamodules.base import ShardDataModule
 from lightning_modules.base import CrocoTask
-from tools.cli import CrocomanCLI
+from crocoman.cli import CrocomanCLI
 
 
 def main(args: ArgsType = None) -> None:

@@ -7,7 +7,7 @@ compared two ways: **frozen probes** (``lightning_modules.probes.OnlineProbes`` 
 people: 2D keypoints, 3D joints, gesture class; (e) is the same random encoder's score before the
 first step, which every run measures) and **fine-tuning** (body mesh recovery from the body model,
 gesture classification from the hand model, with a fraction of the training labels). Every run goes
-through ``tools.main.main`` (the ``crocoman`` LightningCLI) with a config written from the task's own
+through ``crocoman.main.main`` (the ``crocoman`` LightningCLI) with a config written from the task's own
 YAML, its own directory and a W&B group per study. Runs go seed by seed (a seed's pretrainings, then
 its fine-tunes), and a finished run leaves its record under ``--out/<preset>/records/``, beside the
 results and committed with them: the study run again with the same configs reuses every record (a
@@ -40,9 +40,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw, ImageFont
 
 from lightning_modules.probes import OnlineProbes
-from tools.main import main as crocoman
-from tools.provenance import git_commit
-from tools.synth import write_body_models, write_labelled_shards, write_pair_shards
+from crocoman.main import main as crocoman
+from crocoman.provenance import git_commit
+from crocoman.synth import write_body_models, write_labelled_shards, write_pair_shards
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "configs" / "study"
@@ -239,9 +239,11 @@ class Run:
     def digest(self) -> str:
         """Identifies what the run computes: its config and, through its source, the weights it starts from.
 
-        The logger is left out: renaming a W&B run or group must not redo finished training.
+        The logger and the study's own ``FinalMetrics`` are left out: renaming a W&B run or group, or moving
+        the study's module, must not redo finished training.
         """
         trainer = {k: v for k, v in self.config["trainer"].items() if k != "logger"}
+        trainer["callbacks"] = [c for c in trainer.get("callbacks", []) if not c["class_path"].endswith(".FinalMetrics")]
         return digest({"config": {**self.config, "trainer": trainer},
                        "source": self.source.digest if self.source else None})
 
@@ -280,7 +282,7 @@ def run_config(base: str, run_dir: Path, name: str, group: str, job_type: str, s
         callbacks.append({"class_path": "lightning_modules.callbacks.ModelCheckpoint",
                           "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True,
                                         "save_top_k": 0}})
-    callbacks.append({"class_path": "tools.study.FinalMetrics", "init_args": {"path": str(run_dir / "metrics.json")}})
+    callbacks.append({"class_path": "crocoman.study.FinalMetrics", "init_args": {"path": str(run_dir / "metrics.json")}})
     trainer["callbacks"] = callbacks
     for dotted, value in settings.items():
         set_in(config, dotted, value)

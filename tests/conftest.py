@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tools.synth import write_pair_shards
+from crocoman.synth import write_pair_shards
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")

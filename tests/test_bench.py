@@ -20,9 +20,9 @@ from body import BodyModel
 from datamodules.mesh import BODY_MODELS, HAS_KEYS
 from heads import CompletionHead
 from heads.dense import NUM_PARTS
-from tools import bench
-from tools.flops import CroCoDims, pretrain_step_flops
-from tools.synth.bodymodel import write_body_models
+from crocoman import bench
+from crocoman.flops import CroCoDims, pretrain_step_flops
+from crocoman.synth.bodymodel import write_body_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -149,13 +149,13 @@ def test_bench_on_cpu_writes_the_result_file(tmp_path, pair_shards):
 
 
 def test_data_case_writes_its_own_shards_without_shards_flag(tmp_path, monkeypatch):
-    """Without --shards the data case renders shards with tools.synth (tiny ones here)."""
+    """Without --shards the data case renders shards with crocoman.synth (tiny ones here)."""
     monkeypatch.setattr(bench, "SYNTH_SHARDS", {**bench.SYNTH_SHARDS, "num_groups": 2, "groups_per_shard": 1})
     monkeypatch.setattr(bench, "SYNTH_SOURCE_SIZE", {"224px": 32, "128px": 32})
     monkeypatch.setattr(bench, "VITB_CONFIG", bench.CPU_DEMO_CONFIG)  # batch 32 instead of 64
     data = bench.data_case(1, None, tmp_path)
     assert not multiprocessing.active_children()  # no loader worker outlives its case (and its shards)
-    assert data["settings"]["128px"]["shards"]["source"] == "tools.synth.write_pair_shards"
+    assert data["settings"]["128px"]["shards"]["source"] == "crocoman.synth.write_pair_shards"
     assert data["results"]["128px"]["pairs_per_s_per_worker"] > 0
 
 

@@ -19,10 +19,10 @@ import torch
 from body.model import BodyModel
 from datamodules import safe_pickle
 from tests.pickles import python2_dumps
-from tools.convert.chumpy_models import convert_body_model
-from tools.convert.labelled import load_body_model
-from tools.synth.bodymodel import write_body_models
-from tools.synth.cli import main
+from crocoman.convert.chumpy_models import convert_body_model
+from crocoman.convert.labelled import load_body_model
+from crocoman.synth.bodymodel import write_body_models
+from crocoman.data import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,7 +7,7 @@ import yaml
 import torch
 
 from tests.conftest import REPO
-from tools.main import main
+from crocoman.main import main
 
 TINY_MODEL = [
     "--model.backbone.init_args.img_size=64", "--model.backbone.init_args.embed_dim=32",

@@ -9,7 +9,7 @@ import pytest
 import webdataset as wds
 from PIL import Image, ImageDraw
 
-from tools.convert.common import (
+from crocoman.convert.common import (
     PARTIAL_SKIPS,
     SkipSample,
     choose_cameras,
@@ -22,7 +22,7 @@ from tools.convert.common import (
     write_converted_shards,
     write_manifest,
 )
-from tools.synth.cli import main
+from crocoman.data import main
 
 
 def encode_number(item: int, skip_every: int) -> dict:

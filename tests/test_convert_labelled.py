@@ -18,13 +18,13 @@ from PIL import Image, ImageDraw
 from body.camera import project as body_project
 from datamodules import LabelledDataModule, MeshDataModule
 from tests.pickles import Exploit, python2_dumps
-from tools.convert.densepose_coco import decode_rle, rle_counts
-from tools.convert.freihand import FROM_FREIHAND
-from tools.convert.labelled import nominal_intrinsics
-from tools.synth.bodymodel import write_body_models
-from tools.synth.cli import main
-from tools.synth.hand import HAND_KEYPOINT_NAMES
-from tools.synth.skeleton import JOINT_INDEX, axis_angle_to_matrix
+from crocoman.convert.densepose_coco import decode_rle, rle_counts
+from crocoman.convert.freihand import FROM_FREIHAND
+from crocoman.convert.labelled import nominal_intrinsics
+from crocoman.synth.bodymodel import write_body_models
+from crocoman.data import main
+from crocoman.synth.hand import HAND_KEYPOINT_NAMES
+from crocoman.synth.skeleton import JOINT_INDEX, axis_angle_to_matrix
 
 SIZE = 64  # crop side written and read back: the DataModule then resizes nothing
 

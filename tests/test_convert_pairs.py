@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 
 from datamodules import PairDataModule
 from tests.pickles import Exploit
-from tools.synth.cli import main
-from tools.synth.world import look_at
+from crocoman.data import main
+from crocoman.synth.world import look_at
 
 WIDTH, HEIGHT = 96, 128
 K = np.array([[110.0, 0.0, 47.5], [0.0, 110.0, 63.5], [0.0, 0.0, 1.0]])

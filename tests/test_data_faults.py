@@ -56,7 +56,7 @@ def stream_skips(batches) -> dict[str, int]:
 @pytest.mark.parametrize("augment_on", ["worker", "device"])
 def test_faulty_shards_train_through_the_cli_and_log_counts(faulty_shards, tmp_path, monkeypatch, augment_on):
     from tests.test_cli import REPO, TINY_MODEL
-    from tools.main import main
+    from crocoman.main import main
 
     monkeypatch.chdir(tmp_path)
     data = {"batch_size": 2, "num_workers": 0, "epoch_pairs": 16, "shuffle_buffer": 4, "image_size": 64}

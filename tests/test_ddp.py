@@ -18,8 +18,8 @@ from backbone.weights import ENCODER_KEYS, load_encoder
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL
 from tests.test_gesture import write_toy_shards
-from tools.main import main
-from tools.synth import write_pair_shards
+from crocoman.main import main
+from crocoman.synth import write_pair_shards
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def two_rank_job(shards: Path, snippet: str, workdir: Path, *extra: str) -> tupl
     """The command line and environment of a two-rank CPU job of the tiny pretraining model under a trainer
     snippet."""
     command = [
-        sys.executable, "-m", "tools.main", "fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL,
+        sys.executable, "-m", "crocoman.main", "fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL,
         f"--data.train_shards={shards / 'train'}", f"--data.val_shards={shards / 'val'}",
         "--data.image_size=64", "--data.batch_size=2", "--data.num_workers=2", "--data.epoch_pairs=16",
         "--data.shuffle_buffer=4", "-c", str(REPO / "configs/trainer" / snippet), "--trainer.accelerator=cpu",

@@ -30,9 +30,9 @@ from lightning_modules.dense_metrics import (
 from lightning_modules.densepose import densepose_losses, densepose_picture, part_class_weights
 from tests.conftest import REPO
 from tests.test_gesture import ON_CPU, TINY_MODEL, pretrain_checkpoint
-from tools.cli import CrocomanCLI
-from tools.main import main
-from tools.synth import write_labelled_shards
+from crocoman.cli import CrocomanCLI
+from crocoman.main import main
+from crocoman.synth import write_labelled_shards
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

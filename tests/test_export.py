@@ -14,8 +14,8 @@ from backbone.weights import load_into_timm
 from heads.completion import build_from_croco
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL, data_args
-from tools.export import export
-from tools.main import main
+from crocoman.export import export
+from crocoman.main import main
 
 
 def test_export_croco_and_timm_from_a_trained_run(pair_shards, tmp_path, monkeypatch):

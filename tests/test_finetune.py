@@ -17,7 +17,7 @@ from heads import ClassificationHead
 from lightning_modules import GestureModule
 from lightning_modules.base import warmup_cosine
 from tests.test_gesture import pretrain_checkpoint
-from tools.synth import GESTURE_NAMES, write_labelled_shards
+from crocoman.synth import GESTURE_NAMES, write_labelled_shards
 
 SIZES = {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1,
          "decoder_num_heads": 2}

@@ -19,8 +19,8 @@ from heads import ClassificationHead, CompletionHead
 from lightning_modules import GestureModule, PretrainModule
 from lightning_modules.gesture import classification_metrics, confusion_picture
 from tests.conftest import REPO
-from tools.main import main
-from tools.synth import GESTURE_NAMES, write_labelled_shards
+from crocoman.main import main
+from crocoman.synth import GESTURE_NAMES, write_labelled_shards
 
 TOY_CLASSES = ["disc", "horizontal_bar", "vertical_bar"]
 

@@ -11,7 +11,7 @@ from body import BodyModel
 from body.camera import fit_weak_perspective, project, weak_perspective_to_translation
 from body.rotations import axis_angle_to_matrix, rotation_between
 from heads import JointMapHead
-from tools.synth.bodymodel import write_body_models
+from crocoman.synth.bodymodel import write_body_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

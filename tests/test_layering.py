@@ -1,4 +1,4 @@
-"""The packages import one way, from the top floor down: run tools -> lightning_modules -> datamodules,
+"""The packages import one way, from the top floor down: run tools (crocoman) -> lightning_modules -> datamodules,
 heads -> backbone -> body. A package may import only the floors its row names (README, "Layout")."""
 
 import ast
@@ -11,14 +11,14 @@ import pytest
 from body import BodyModel
 from tests.conftest import REPO
 
-PACKAGES = ("body", "backbone", "heads", "datamodules", "lightning_modules", "tools")
+PACKAGES = ("body", "backbone", "heads", "datamodules", "lightning_modules", "crocoman")
 MAY_IMPORT = {
     "body": set(),
     "backbone": {"body"},
     "heads": {"body", "backbone"},
     "datamodules": {"body"},
     "lightning_modules": {"body", "backbone", "heads", "datamodules"},
-    "tools": {"body", "backbone", "heads", "datamodules", "lightning_modules"},
+    "crocoman": {"body", "backbone", "heads", "datamodules", "lightning_modules"},
 }
 
 
@@ -44,6 +44,19 @@ def test_every_import_runs_down_the_floors():
                 if imported != package and imported not in MAY_IMPORT[package]:
                     against.append(f"{path.relative_to(REPO)}:{line} imports {imported}")
     assert not against, "imports against the floors:\n" + "\n".join(against)
+
+
+def test_converters_and_synthetic_world_do_not_import_each_other():
+    """Two rooms of the run tools, each writing shards through ``datamodules.format``; only ``crocoman.data``
+    (the ``crocoman-data`` command above them) imports both."""
+    against = []
+    for room, other in (("convert", "synth"), ("synth", "convert")):
+        for path in sorted((REPO / "crocoman" / room).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            modules = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+            modules += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+            against += [f"{path.relative_to(REPO)} imports {m}" for m in modules if m.startswith(f"crocoman.{other}")]
+    assert not against, "\n".join(against)
 
 
 def test_the_rule_sees_an_import_against_it(tmp_path):

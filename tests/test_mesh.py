@@ -25,9 +25,9 @@ from lightning_modules.mesh_losses import keypoint_2d_loss, keypoint_3d_loss, ma
 from lightning_modules.mesh_metrics import MeanPointError
 from tests.conftest import REPO
 from tests.test_gesture import ON_CPU, TINY_MODEL, data_args
-from tools.main import main
-from tools.synth import write_labelled_shards
-from tools.synth.bodymodel import write_body_models
+from crocoman.main import main
+from crocoman.synth import write_labelled_shards
+from crocoman.synth.bodymodel import write_body_models
 
 
 def test_masked_mean_counts_only_flagged_samples_and_is_zero_without_any():

@@ -28,8 +28,8 @@ from datamodules.mesh import rotate_axis_angle_about_z
 from heads import ParametricHead
 from lightning_modules import MeshRecoveryModule
 from tests.pickles import Exploit
-from tools.synth import write_labelled_shards
-from tools.synth.bodymodel import write_body_models
+from crocoman.synth import write_labelled_shards
+from crocoman.synth.bodymodel import write_body_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -19,7 +19,7 @@ from body.camera import weak_perspective_to_translation
 from body.rotations import axis_angle_to_matrix, matrix_to_rotation_6d
 from heads import ParametricHead, VertexHead
 from heads.parametric import UPRIGHT, sincos_position_embedding
-from tools.synth.bodymodel import write_body_models
+from crocoman.synth.bodymodel import write_body_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

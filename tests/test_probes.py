@@ -10,8 +10,8 @@ import torch
 from lightning_modules.probes import OnlineProbes, pooled, ridge
 from tests.test_cli import REPO, TINY_MODEL, data_args
 from tests.test_ddp import ddp_shards, run_two_ranks  # noqa: F401 (a fixture)
-from tools.main import main
-from tools.synth import write_labelled_shards
+from crocoman.main import main
+from crocoman.synth import write_labelled_shards
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -26,7 +26,7 @@ from lightning_modules.callbacks import ModelCheckpoint, RunSummary
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL, data_args
 from tests.test_ddp import two_rank_job
-from tools.synth import write_pair_shards
+from crocoman.synth import write_pair_shards
 
 
 def write_config(path: Path, kill_at: int | None) -> Path:
@@ -69,7 +69,7 @@ def killed_then_resumed(pair_shards, tmp_path_factory, request):
     def run(records: Path, config: Path, *extra: str, cwd: Path = root) -> subprocess.CompletedProcess:
         records.mkdir(exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "CROCOMAN_RECORD_DIR": str(records)}
-        return subprocess.run([sys.executable, "-m", "tools.main", "fit", "-c", str(config), *common, *extra],
+        return subprocess.run([sys.executable, "-m", "crocoman.main", "fit", "-c", str(config), *common, *extra],
                               cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
     killed = run(root / "killed", write_config(root / "killed.yaml", kill_at=12))
@@ -199,7 +199,7 @@ def test_a_kill_inside_a_checkpoint_save_keeps_the_previous_last_checkpoint(pair
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(REPO),
            "CROCOMAN_RECORD_DIR": str(tmp_path), "TMPDIR": str(job_tmpdir)}
-    command = [sys.executable, "-m", "tools.main", "fit", "-c", str(tmp_path / "config.yaml"), *TINY_MODEL,
+    command = [sys.executable, "-m", "crocoman.main", "fit", "-c", str(tmp_path / "config.yaml"), *TINY_MODEL,
                *data_args(pair_shards, 64, 2), "--data.epoch_pairs=64", "--data.num_workers=1",
                "--trainer.limit_val_batches=0", "--trainer.max_steps=6"]
     # On one filesystem the kill lands while the staged file is written; across two, where staging is cheap and
@@ -231,7 +231,7 @@ def test_a_kill_inside_a_checkpoint_save_keeps_the_previous_last_checkpoint(pair
 def test_resuming_continues_the_wandb_run(pair_shards, tmp_path, monkeypatch):
     import wandb
 
-    from tools.main import main
+    from crocoman.main import main
 
     monkeypatch.chdir(tmp_path)
     args = ["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4)]

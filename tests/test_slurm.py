@@ -13,7 +13,7 @@ def test_sbatch_script_composes_a_valid_multinode_config(tmp_path):
     fake_bin.mkdir()
     (fake_bin / "srun").write_text('#!/usr/bin/env bash\nexec "$@"\n')  # one local task instead of a cluster
     (fake_bin / "srun").chmod(0o755)
-    (fake_bin / "crocoman").write_text(f'#!/usr/bin/env bash\nexec {sys.executable} -m tools.main "$@"\n')
+    (fake_bin / "crocoman").write_text(f'#!/usr/bin/env bash\nexec {sys.executable} -m crocoman.main "$@"\n')
     (fake_bin / "crocoman").chmod(0o755)
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
            "SLURM_NNODES": "4", "SLURM_NTASKS_PER_NODE": "8", "CROCOMAN": "crocoman"}

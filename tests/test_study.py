@@ -14,8 +14,8 @@ from backbone import CroCoNet, RandomMasking
 from datamodules import PairDataModule
 from heads import CompletionHead
 from lightning_modules import PAIR_TYPES, PretrainModule
-from tools.study import ARMS, MODELS, TASKS, ensure_data, label_subset, load_preset
-from tools.study import run_study as study
+from crocoman.study import ARMS, MODELS, TASKS, ensure_data, label_subset, load_preset
+from crocoman.study import run_study as study
 
 
 def single_image_batch(pair_shards: Path, single_image: bool) -> dict:

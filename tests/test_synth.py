@@ -11,9 +11,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from tools.synth import JOINT_NAMES, PARENTS, BodyShape, Motion, encode_group, forward_kinematics, write_pair_shards
-from tools.synth.cli import main
-from tools.synth.skeleton import JOINT_HIGH_RAD, JOINT_LOW_RAD, rest_offsets
+from crocoman.synth import JOINT_NAMES, PARENTS, BodyShape, Motion, encode_group, forward_kinematics, write_pair_shards
+from crocoman.data import main
+from crocoman.synth.skeleton import JOINT_HIGH_RAD, JOINT_LOW_RAD, rest_offsets
 
 SIZE, CAMERAS, TIMES = 64, 3, 3
 TRAIN_GROUPS, VAL_GROUPS = 5, 2

@@ -12,10 +12,10 @@ import pytest
 import smplx
 import torch
 
-from tools.synth import GESTURE_NAMES, render_group, render_hand
-from tools.synth.cli import main
-from tools.synth.hand import GESTURES, gesture_pose
-from tools.synth.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
+from crocoman.synth import GESTURE_NAMES, render_group, render_hand
+from crocoman.data import main
+from crocoman.synth.hand import GESTURES, gesture_pose
+from crocoman.synth.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,7 +17,7 @@ from test_synth_bodymodel import (  # noqa: F401 (fixtures used by name)
     project,
 )
 
-from tools.synth import (
+from crocoman.synth import (
     GESTURE_NAMES,
     HAND_KEYPOINT_NAMES,
     JOINT_NAMES,
@@ -26,11 +26,11 @@ from tools.synth import (
     render_hand,
     write_labelled_shards,
 )
-from tools.synth.cli import main
-from tools.synth.hand import HAND_PARENTS, HAND_PRIMITIVE_JOINTS
-from tools.synth.labelled import encode_labelled, own_primitives
-from tools.synth.skeleton import PARENTS
-from tools.synth.world import PRIMITIVE_JOINTS
+from crocoman.data import main
+from crocoman.synth.hand import HAND_PARENTS, HAND_PRIMITIVE_JOINTS
+from crocoman.synth.labelled import encode_labelled, own_primitives
+from crocoman.synth.skeleton import PARENTS
+from crocoman.synth.world import PRIMITIVE_JOINTS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,13 +7,13 @@ only when their dataset is converted, so one converter's optional decoder never 
 
 CONVERTERS: dict[str, str] = {
     # pretraining pairs: groups of one person over cameras x times
-    "generic": "tools.convert.generic",
-    "humbi": "tools.convert.humbi",
-    "aist": "tools.convert.aist",
-    "video": "tools.convert.video",
+    "generic": "crocoman.convert.generic",
+    "humbi": "crocoman.convert.humbi",
+    "aist": "crocoman.convert.aist",
+    "video": "crocoman.convert.video",
     # labelled crops for fine-tuning
-    "threedpw": "tools.convert.threedpw",
-    "freihand": "tools.convert.freihand",
-    "densepose_coco": "tools.convert.densepose_coco",
-    "hagrid": "tools.convert.hagrid",
+    "threedpw": "crocoman.convert.threedpw",
+    "freihand": "crocoman.convert.freihand",
+    "densepose_coco": "crocoman.convert.densepose_coco",
+    "hagrid": "crocoman.convert.hagrid",
 }

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules import safe_pickle
-from tools.convert.common import (
+from crocoman.convert.common import (
     SkipSample,
     add_pair_arguments,
     choose_cameras,
@@ -41,7 +41,7 @@ from tools.convert.common import (
     split_by_name,
     windows,
 )
-from tools.convert.video import decode_frames
+from crocoman.convert.video import decode_frames
 
 COCO_KEYPOINTS = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",

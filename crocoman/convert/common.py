@@ -32,8 +32,9 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from tqdm import tqdm
 
 from body.camera import project
+from crocoman.checks import check_at_least
 from datamodules.decode import Box, crop_affine
-from tools.synth.shards import check_at_least, jpeg_bytes, png_bytes
+from datamodules.format import jpeg_bytes, png_bytes
 
 VERSION = "crocoman-convert/1"
 STATE_DIR = ".convert"  # per-shard completion records, beside the splits

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from body.layouts import DENSEPOSE_PART_NAMES
-from tools.convert.common import (
+from crocoman.convert.common import (
     SkipSample,
     crop_person,
     read_image,
@@ -33,14 +33,14 @@ from tools.convert.common import (
     square_crop_box,
     transform_points,
 )
-from tools.convert.labelled import (
+from crocoman.convert.labelled import (
     NOMINAL_INTRINSICS,
     crop_bbox,
     draw_labelled,
     labelled_sample,
     nominal_intrinsics,
 )
-from tools.synth.shards import png_bytes
+from datamodules.format import png_bytes
 
 # annotation file -> (our split, image folder)
 ANNOTATION_FILES = {"train": ("train", "train2014"), "valminusminival": ("train", "val2014"),

@@ -10,7 +10,7 @@ test split when its annotations are there: they come in a separate archive, `Fre
 (`evaluation_{K,mano,xyz}.json`, and `evaluation/rgb/` again), given with `--eval-root` (or merged
 into ROOT); its images are read from there, else from ROOT's `evaluation/rgb/`.
 
-Keypoints are stored in the order of `tools.synth.hand.HAND_KEYPOINT_NAMES` (MANO's 16 joints
+Keypoints are stored in the order of `crocoman.synth.hand.HAND_KEYPOINT_NAMES` (MANO's 16 joints
 then the fingertips, as smplx outputs them), not FreiHAND's (thumb first). With
 `--body-model-dir` (smplx layout: `mano/MANO_RIGHT.{npz,pkl}`) the MANO parameters are stored as
 our shards hold them: `hand_pose` relative to the flat hand (load with `flat_hand_mean=True,
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from body.layouts import HAND_KEYPOINT_NAMES, MANO_JOINT_NAMES
-from tools.convert.common import (
+from crocoman.convert.common import (
     SkipSample,
     crop_person,
     read_image,
@@ -37,7 +37,7 @@ from tools.convert.common import (
     square_crop_box,
     transform_points,
 )
-from tools.convert.labelled import (
+from crocoman.convert.labelled import (
     cached_body_model,
     crop_bbox,
     draw_labelled,

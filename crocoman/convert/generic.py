@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.convert.common import (
+from crocoman.convert.common import (
     add_pair_arguments,
     choose_cameras,
     draw_pair_group,

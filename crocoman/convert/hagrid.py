@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tools.convert.common import (
+from crocoman.convert.common import (
     SkipSample,
     crop_person,
     read_image,
@@ -33,7 +33,7 @@ from tools.convert.common import (
     square_crop_box,
     transform_points,
 )
-from tools.convert.labelled import (
+from crocoman.convert.labelled import (
     NOMINAL_INTRINSICS,
     crop_bbox,
     draw_labelled,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.convert.common import (
+from crocoman.convert.common import (
     SkipSample,
     add_pair_arguments,
     choose_cameras,

@@ -1,5 +1,5 @@
 """What the labelled converters (3DPW, FreiHAND, DensePose-COCO, HaGRID) share: the sample layout of
-`tools/synth/labelled.py`, nominal intrinsics for uncalibrated photos, the preview drawing and the
+`crocoman/synth/labelled.py`, nominal intrinsics for uncalibrated photos, the preview drawing and the
 body-model loader."""
 
 import colorsys
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from tools.convert.common import rounded
-from tools.synth.shards import jpeg_bytes
+from crocoman.convert.common import rounded
+from datamodules.format import jpeg_bytes
 
 HAS_FLAGS = ("keypoints_2d", "keypoints_3d", "smpl", "mano", "densepose", "gesture")
 # Where calibration is unknown (COCO, HaGRID) the crop's K is derived from a nominal camera: focal
@@ -39,7 +39,7 @@ def crop_bbox(points: np.ndarray, size: int) -> list[float]:
 def labelled_sample(key: str, crop: Image.Image, *, task: str, K: np.ndarray, bbox: list[float], has: set[str],
                     subject: str, body_model: str, arrays: dict[str, np.ndarray] | None = None,
                     files: dict[str, bytes] | None = None, record: dict | None = None) -> dict[str, bytes | str]:
-    """One labelled tar sample as `tools/synth/labelled.py` writes it: `jpg`, `json` {task, K (of
+    """One labelled tar sample as `crocoman/synth/labelled.py` writes it: `jpg`, `json` {task, K (of
     the crop), bbox, has (every flag of `HAS_FLAGS`), subject, body_model, plus `record`}, `npz`
     float32 `arrays` when given, and `files` (iuv.png, cls)."""
     unknown = has - set(HAS_FLAGS)

@@ -30,7 +30,7 @@ import torch
 from body.layouts import SMPL_JOINT_NAMES
 from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from datamodules import safe_pickle
-from tools.convert.common import (
+from crocoman.convert.common import (
     SkipSample,
     crop_person,
     read_image,
@@ -38,7 +38,7 @@ from tools.convert.common import (
     square_crop_box,
     transform_points,
 )
-from tools.convert.labelled import cached_body_model, crop_bbox, draw_labelled, labelled_sample, load_body_model
+from crocoman.convert.labelled import cached_body_model, crop_bbox, draw_labelled, labelled_sample, load_body_model
 
 SPLITS = {"train": "train", "validation": "val", "test": "test"}  # 3DPW folder -> our split
 # OpenPose's COCO-18 order of `poses2d`.

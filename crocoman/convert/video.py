@@ -22,7 +22,7 @@ from types import ModuleType
 
 from PIL import Image
 
-from tools.convert.common import (
+from crocoman.convert.common import (
     SkipSample,
     add_pair_arguments,
     draw_pair_group,

@@ -1,13 +1,13 @@
 """Procedural synthetic world of articulated people (and hands) rendered into pair shards,
 labelled shards and smplx-loadable body-model files."""
 
-from tools.synth.bodymodel import write_body_models
-from tools.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HandShape, render_hand, render_hand_group
-from tools.synth.labelled import encode_labelled, write_labelled_shards
-from tools.synth.render import Rendering, Scene, render
-from tools.synth.shards import encode_group, write_pair_shards
-from tools.synth.skeleton import JOINT_NAMES, PARENTS, BodyModelParameters, BodyShape, Motion, forward_kinematics
-from tools.synth.world import PART_NAMES, Frame, Group, render_group
+from crocoman.synth.bodymodel import write_body_models
+from crocoman.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HandShape, render_hand, render_hand_group
+from crocoman.synth.labelled import encode_labelled, write_labelled_shards
+from crocoman.synth.render import Rendering, Scene, render
+from crocoman.synth.shards import encode_group, write_pair_shards
+from crocoman.synth.skeleton import JOINT_NAMES, PARENTS, BodyModelParameters, BodyShape, Motion, forward_kinematics
+from crocoman.synth.world import PART_NAMES, Frame, Group, render_group
 
 __all__ = [
     "GESTURE_NAMES",

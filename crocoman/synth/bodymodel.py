@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tools.synth.hand import (
+from crocoman.synth.hand import (
     GESTURES,
     HAND_PARENTS,
     HAND_PRIMITIVE_JOINTS,
@@ -42,10 +42,10 @@ from tools.synth.hand import (
     hand_primitives,
     hand_rest_offsets,
 )
-from tools.synth.render import Capsules, Ellipsoids
-from tools.synth.skeleton import JOINT_INDEX, NUM_BETAS, PARENTS, BodyShape, forward_kinematics, rest_offsets
-from tools.synth.surface import MeshTemplate, build_template, surface_vertices
-from tools.synth.world import PRIMITIVE_JOINTS, body_primitives
+from crocoman.synth.render import Capsules, Ellipsoids
+from crocoman.synth.skeleton import JOINT_INDEX, NUM_BETAS, PARENTS, BodyShape, forward_kinematics, rest_offsets
+from crocoman.synth.surface import MeshTemplate, build_template, surface_vertices
+from crocoman.synth.world import PRIMITIVE_JOINTS, body_primitives
 
 _ROOT_PARENT = 4294967295  # how SMPL files mark the root in kintree_table (uint32 -1)
 _SHAPE_SAMPLES = 12  # random shapes the linear shape space is fitted (and verified) on

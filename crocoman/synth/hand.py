@@ -12,15 +12,15 @@ import numpy as np
 import torch
 
 from body.layouts import FINGERTIP_NAMES, HAND_KEYPOINT_NAMES, MANO_JOINT_NAMES
-from tools.synth.render import Capsules, Checker, Ellipsoids, Scene
-from tools.synth.skeleton import (
+from crocoman.synth.render import Capsules, Checker, Ellipsoids, Scene
+from crocoman.synth.skeleton import (
     axis_angle_to_matrix,
     camera_parameters,
     forward_kinematics,
     matrix_to_axis_angle,
     padded_betas,
 )
-from tools.synth.world import (
+from crocoman.synth.world import (
     Frame,
     Group,
     film,

@@ -18,22 +18,21 @@ import numpy as np
 import torch
 
 from body.layouts import DENSEPOSE_PART_NAMES
-from tools.synth.bodymodel import mesh_template
-from tools.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HAND_PARENTS, HAND_PRIMITIVE_JOINTS, render_hand
-from tools.synth.render import hidden_from, primitive_local_coords
-from tools.synth.shards import (
-    check_at_least,
-    jpeg_bytes,
+from crocoman.checks import check_at_least
+from crocoman.synth.bodymodel import mesh_template
+from crocoman.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HAND_PARENTS, HAND_PRIMITIVE_JOINTS, render_hand
+from crocoman.synth.render import hidden_from, primitive_local_coords
+from crocoman.synth.shards import (
     manifest_splits,
-    png_bytes,
     save_manifest,
     split_indices,
     total_bytes,
     write_sample_shards,
 )
-from tools.synth.skeleton import JOINT_NAMES, PARENTS
-from tools.synth.surface import cylindrical_coords, surface_vertices
-from tools.synth.world import PRIMITIVE_JOINTS, PRIMITIVE_PARTS, Frame, render_group
+from crocoman.synth.skeleton import JOINT_NAMES, PARENTS
+from crocoman.synth.surface import cylindrical_coords, surface_vertices
+from crocoman.synth.world import PRIMITIVE_JOINTS, PRIMITIVE_PARTS, Frame, render_group
+from datamodules.format import jpeg_bytes, png_bytes
 
 VERSION = "crocoman-synth-labelled/1"
 SHARD_PATTERN = "labelled-%06d.tar"

@@ -21,30 +21,18 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from tools.synth.hand import render_hand_group
-from tools.synth.world import Frame, render_group
+from crocoman.checks import check_at_least
+from crocoman.synth.hand import render_hand_group
+from crocoman.synth.world import Frame, render_group
+from datamodules.format import jpeg_bytes, png_bytes
 
 VERSION = "crocoman-synth-pairs/1"
 SHARD_PATTERN = "pairs-%06d.tar"
-_JPEG_QUALITY = 90
 _DECIMALS = 6  # 1 um in camera space, 1e-6 px in the crop
 
 
 def _listed(values: torch.Tensor) -> list:
     return values.double().round(decimals=_DECIMALS).tolist()
-
-
-def jpeg_bytes(rgb: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb.numpy()).save(buffer, format="JPEG", quality=_JPEG_QUALITY)
-    return buffer.getvalue()
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """Lossless PNG of a uint8 (H, W) or (H, W, 3) array."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _frame_record(frame: Frame, name: str) -> dict:
@@ -106,13 +94,6 @@ def _refuse_stale_shards(split_dir: Path, shard_pattern: str) -> None:
             f"{split_dir} already holds {len(stale)} shards (e.g. {stale[0].name}); a reader globbing it "
             "would mix them with the new ones. Delete them or choose another out_dir."
         )
-
-
-def check_at_least(caller: str, **values_and_minimums: tuple[int, int]) -> None:
-    """Refuse sizes below their minimum, naming the argument: (value, minimum) per name."""
-    for name, (value, minimum) in values_and_minimums.items():
-        if value < minimum:
-            raise ValueError(f"{caller}: {name}={value}, needs at least {minimum}")
 
 
 def write_sample_shards(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tools.synth.render import Capsules, Ellipsoids
+from crocoman.synth.render import Capsules, Ellipsoids
 
 _X, _Y, _Z = torch.eye(3)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tools.synth.render import Capsules, Checker, Ellipsoids, Rendering, Scene, render
-from tools.synth.skeleton import (
+from crocoman.synth.render import Capsules, Checker, Ellipsoids, Rendering, Scene, render
+from crocoman.synth.skeleton import (
     JOINT_INDEX,
     BodyModelParameters,
     BodyShape,
