@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import importlib
 import json
 import logging
 import math
@@ -65,16 +64,17 @@ from tqdm import tqdm
 
 from backbone import CroCoNet, HumanMasking, croco_base, croco_large
 from body.camera import project
+from crocoman.bench_data import MODES, loader_throughput, pairs_in_mode, stage_profile
+from crocoman.flops import pretrain_step_flops
+from crocoman.main import build
+from crocoman.provenance import git_commit
+from crocoman.synth.bodymodel import write_body_models
+from crocoman.synth.hand import GESTURE_NAMES
 from datamodules.mesh import HAS_KEYS as MESH_HAS_KEYS
 from heads import CompletionHead
 from heads.dense import NUM_PARTS
 from lightning_modules.finetune import FinetuneTask
 from lightning_modules.pretrain import PretrainModule
-from crocoman.bench_data import MODES, loader_throughput, pairs_in_mode, stage_profile
-from crocoman.flops import pretrain_step_flops
-from crocoman.provenance import git_commit
-from crocoman.synth.bodymodel import write_body_models
-from crocoman.synth.hand import GESTURE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_DEMO_CONFIG = REPO / "configs" / "pretrain" / "cpu_demo.yaml"
@@ -303,19 +303,6 @@ def repo_relative(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-def build_from_spec(spec):
-    """Instantiate a LightningCLI ``class_path``/``init_args`` spec, nested specs included."""
-    if isinstance(spec, dict) and "class_path" in spec:
-        module_name, _, class_name = spec["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module_name), class_name)
-        return cls(**{key: build_from_spec(value) for key, value in (spec.get("init_args") or {}).items()})
-    if isinstance(spec, dict):
-        return {key: build_from_spec(value) for key, value in spec.items()}
-    if isinstance(spec, list):
-        return [build_from_spec(value) for value in spec]
-    return spec
-
-
 def train_throughput(module: PretrainModule, batch_size: int, image_size: int, device: torch.device, steps: int,
                      warmup: int, amp_dtype: torch.dtype | None = None, compiled: bool = False,
                      gradient_clip_val: float | None = None, desc: str = "train") -> dict:
@@ -365,14 +352,13 @@ def add_mfu(result: dict, device_info: dict) -> dict:
 def cpu_demo_case(device: torch.device, device_info: dict, steps: int, warmup: int = MODEL_WARMUP_STEPS,
                   config_path: Path = CPU_DEMO_CONFIG) -> dict:
     """Case 1: the CPU demo model, as its YAML builds it, at its batch size and precision."""
-    config = yaml.safe_load(config_path.read_text())
     torch.manual_seed(0)
     memory_before_model = PeakMemory(device)
-    module = build_from_spec(config["model"])
+    run = build([config_path])
+    module, config = run.model, run.config.as_dict()
     batch_size = config["data"]["init_args"]["batch_size"]
     image_size = config["data"]["init_args"]["image_size"]
-    trainer = config.get("trainer", {})
-    clip, precision = trainer.get("gradient_clip_val"), str(trainer.get("precision", "32-true"))
+    clip, precision = config["trainer"]["gradient_clip_val"], str(config["trainer"]["precision"])
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"{config_path}: trainer.precision {precision!r} is not one the bench can mimic "
                          f"({', '.join(AUTOCAST_DTYPES)})")
@@ -592,28 +578,12 @@ class StepTimer(Callback):
             self.bar.close()
 
 
-def set_dotted(config: dict, dotted: str, value) -> None:
-    """``set_dotted(c, "model.init_args.lr", 1)`` as the CLI's ``--model.init_args.lr=1``; the key must exist,
-    so that a misspelt override fails instead of silently timing the unshrunk config."""
-    *parents, leaf = dotted.split(".")
-    node = config
-    for key in [*parents, leaf]:
-        if not isinstance(node, dict) or key not in node:
-            raise KeyError(f"override {dotted!r}: no {key!r} in the config")
-        parent, node = node, node[key]
-    parent[leaf] = value
-
-
-def with_body_models(spec, model_path: str):
-    """``spec`` with every ``init_args.model_path`` (body model, model-free head) pointing at ``model_path``."""
-    if isinstance(spec, dict):
-        spec = {key: with_body_models(value, model_path) for key, value in spec.items()}
-        if "model_path" in spec and "class_path" not in spec:
-            spec["model_path"] = model_path
-        return spec
-    if isinstance(spec, list):
-        return [with_body_models(value, model_path) for value in spec]
-    return spec
+def model_path_keys(spec, prefix: str = "model") -> list[str]:
+    """Dotted keys of every ``model_path`` (body model, model-free head) in a config's ``model`` section."""
+    if not isinstance(spec, dict):
+        return []
+    return [key for name, value in spec.items()
+            for key in ([f"{prefix}.{name}"] if name == "model_path" else model_path_keys(value, f"{prefix}.{name}"))]
 
 
 @contextlib.contextmanager
@@ -647,22 +617,18 @@ def finetune_train(case: FinetuneCase, device: torch.device, steps: int, warmup:
     ``overrides`` are dotted config keys (``{"data.init_args.batch_size": 2}``), for tests at tiny size.
     """
     config_path = config_path or case.config(device)
-    config = yaml.safe_load(config_path.read_text())
-    for dotted, value in (overrides or {}).items():
-        set_dotted(config, dotted, value)
-    model_spec = with_body_models(config["model"], str(body_models))
-    model_spec["init_args"]["pretrained"] = None
-    data_args, trainer_args = config["data"]["init_args"], config.get("trainer", {})
-    batch_size, image_size = data_args["batch_size"], data_args["image_size"]
-    precision, clip = str(trainer_args.get("precision", "32-true")), trainer_args.get("gradient_clip_val")
-    if precision not in AUTOCAST_DTYPES:
-        raise ValueError(f"{config_path}: trainer.precision {precision!r} is not one the bench runs "
-                         f"({', '.join(AUTOCAST_DTYPES)})")
-
+    body_model_paths = {key: str(body_models) for key in model_path_keys(yaml.safe_load(config_path.read_text())["model"])}
     torch.manual_seed(0)
     memory = PeakMemory(device)  # from before the build: parameters and optimiser state are part of a run's memory
     with contextlib.redirect_stdout(sys.stderr):  # smplx prints notes; stdout is for the summary line
-        module = build_from_spec(model_spec)
+        run = build([config_path], {**body_model_paths, "model.init_args.pretrained": None, **(overrides or {})})
+    module, config = run.model, run.config.as_dict()
+    model_spec, data_args, trainer_args = config["model"], config["data"]["init_args"], config["trainer"]
+    batch_size, image_size = data_args["batch_size"], data_args["image_size"]
+    precision, clip = str(trainer_args["precision"]), trainer_args["gradient_clip_val"]
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"{config_path}: trainer.precision {precision!r} is not one the bench runs "
+                         f"({', '.join(AUTOCAST_DTYPES)})")
     batch = case.make_batch(module, batch_size, image_size, torch.Generator().manual_seed(0))
     data = SyntheticBatches(move_data_to_device(batch, device), batch_size, warmup + steps, case.classes)
     timer = StepTimer(warmup, steps, device, f"{case.name} fine-tuning")
@@ -685,7 +651,7 @@ def finetune_train(case: FinetuneCase, device: torch.device, steps: int, warmup:
                 "batch_size": batch_size, "image_size": image_size, "precision": precision, "gradient_clip_val": clip,
                 "parameters": sum(p.numel() for p in module.parameters()),
                 "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad)}
-    del trainer, module, data, batch
+    del trainer, module, data, batch, run
     release_memory(device)
     return {"settings": settings, "results": results}
 
@@ -736,6 +702,12 @@ def synthetic_shards(root: Path, name: str, image_size: int) -> tuple[Path, dict
     return out / "train", {"source": "crocoman.synth.write_pair_shards", **settings}
 
 
+def data_arguments(config_path: Path) -> dict:
+    """The DataModule arguments of a config as the CLI resolves them (the config's and the class defaults)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return build([config_path]).config.as_dict()["data"]["init_args"]
+
+
 def data_case(steps: int, shards: str | None, workdir: Path) -> dict:
     """Case 3: pairs per second out of one loader worker in each mode, at the ViT-B config's 224 px and
     the demo's 128 px, against the replaced per-sample path in the same run; and per stage, where a
@@ -750,7 +722,7 @@ def data_case(steps: int, shards: str | None, workdir: Path) -> dict:
                                     "on the training device (not timed here: that is the worker's share)"}}
     results = {}
     for label, config_path in configs.items():
-        data_args = yaml.safe_load(config_path.read_text())["data"]["init_args"]
+        data_args = data_arguments(config_path)
         shard_dir, shard_info = (shards, {"source": shards}) if shards else synthetic_shards(
             workdir, label, SYNTH_SOURCE_SIZE[label])
         data_args = {k: data_args[k] for k in ("batch_size", "image_size", "augment", "shuffle_buffer", "crop_scale",
@@ -766,14 +738,15 @@ def data_case(steps: int, shards: str | None, workdir: Path) -> dict:
     return {"settings": settings, "results": results}
 
 
-def pretrain_run(config: dict, device: torch.device, steps: int, warmup: int, root_dir: Path,
+def pretrain_run(config_path: Path, device: torch.device, steps: int, warmup: int, root_dir: Path,
                  data: LightningDataModule | None) -> dict:
     """Pretraining steps of a config's model through a Lightning ``Trainer`` (its precision and clipping,
     no logger, checkpoints or validation), from ``data`` or, when None, from one batch of random tensors
     already on the device."""
     torch.manual_seed(0)
-    module = build_from_spec(config["model"])
-    data_args, trainer_args = config["data"]["init_args"], config.get("trainer", {})
+    run = build([config_path])
+    module, config = run.model, run.config.as_dict()
+    data_args, trainer_args = config["data"]["init_args"], config["trainer"]
     batch_size, image_size = data_args["batch_size"], data_args["image_size"]
     if data is None:
         batch = move_data_to_device(random_pair_batch(batch_size, image_size), device)
@@ -782,13 +755,13 @@ def pretrain_run(config: dict, device: torch.device, steps: int, warmup: int, ro
                                                                     else "shards"))
     with quiet_lightning():
         trainer = Trainer(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
-                          precision=trainer_args.get("precision", "32-true"),
-                          gradient_clip_val=trainer_args.get("gradient_clip_val"), max_steps=warmup + steps,
+                          precision=trainer_args["precision"], gradient_clip_val=trainer_args["gradient_clip_val"],
+                          max_steps=warmup + steps,
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                           default_root_dir=root_dir, callbacks=[timer])
         trainer.fit(module, datamodule=data)
-    del trainer, module, data
+    del trainer, module, data, run
     gc.collect()  # stops the loader's workers before the next run is timed
     release_memory(device)
     return {"pairs_per_s": batch_size / timer.step_time_s, "step_time_s": timer.step_time_s,
@@ -804,8 +777,7 @@ def pretrain_from_shards_case(device: torch.device, steps: int, warmup: int, sha
     pipeline costs the model.
     """
     config_path = VITB_CONFIG if device.type == "cuda" else CPU_DEMO_CONFIG
-    config = yaml.safe_load(config_path.read_text())
-    data_args = config["data"]["init_args"]
+    data_args = data_arguments(config_path)
     label = f"{data_args['image_size']}px"
     if shards is None:
         shards, shard_info = synthetic_shards(workdir, label, SYNTH_SOURCE_SIZE[label])
@@ -814,13 +786,13 @@ def pretrain_from_shards_case(device: torch.device, steps: int, warmup: int, sha
     worker_counts = (4, 8) if device.type == "cuda" else (data_args["num_workers"],)
     # warm up until the shuffle buffer is full: until then webdataset reads two groups per pair
     warmup = max(warmup, -(-data_args["shuffle_buffer"] // data_args["batch_size"]) + 1)
-    results = {"from_tensors": pretrain_run(config, device, steps, warmup, workdir, None)}
+    results = {"from_tensors": pretrain_run(config_path, device, steps, warmup, workdir, None)}
     for mode in ("worker", "device"):
         for workers in worker_counts:
             data = pairs_in_mode(mode, **{**data_args, "train_shards": str(shards), "val_shards": None,
                                           "num_workers": workers,
                                           "epoch_pairs": data_args["batch_size"] * (warmup + steps)})
-            run = pretrain_run(config, device, steps, warmup, workdir, data)
+            run = pretrain_run(config_path, device, steps, warmup, workdir, data)
             run["vs_from_tensors"] = run["pairs_per_s"] / results["from_tensors"]["pairs_per_s"]
             results[f"from_shards_{mode}_{workers}_workers"] = run
     settings = {"config": repo_relative(config_path), "shards": shard_info, "warmup_steps": warmup,

@@ -7,7 +7,6 @@ bench run measures the speed-up against it on its own machine (machines differ ~
 
 import gc
 import io
-import json
 import random
 import sys
 import time
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from datamodules import PairDataModule
 from datamodules.color import jitter_pixels
 from datamodules.decode import decode_crop, image_size, resized_crop, to_tensor
+from datamodules.format import read_group
 from datamodules.pairs import PairSampler, choose_pair, person_mask
 from datamodules.shards import expand_shards
 
@@ -64,8 +64,8 @@ class PerSamplePairs(PairDataModule):
 def pairs_in_mode(mode: str, **data_args) -> PairDataModule:
     """The pair DataModule that runs ``mode``: ``per_sample`` (replaced), ``worker`` or ``device``."""
     if mode == "per_sample":
-        return PerSamplePairs(**data_args, augment_on="worker")
-    return PairDataModule(**data_args, augment_on=mode)
+        return PerSamplePairs(**{**data_args, "augment_on": "worker"})
+    return PairDataModule(**{**data_args, "augment_on": mode})
 
 
 def loader_throughput(shards: str, data_args: dict, mode: str, num_workers: int, batches: int,
@@ -187,7 +187,7 @@ def stage_profile(shards: str, data_args: dict, pairs: int = 256, groups: int = 
             for index in range(pairs):
                 sample = samples[index % len(samples)]
                 with clock("group.json + pair choice"):
-                    group = json.loads(sample["group.json"])
+                    group = read_group(sample)
                     i, j, _ = choose_pair(group["frames"], rng, sampler.cross_view_ratio, sampler.time_gap)
                 drawn.append(stages(sample, (group["frames"][i], group["frames"][j]), sampler, clock))
             with clock("collate"):

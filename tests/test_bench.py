@@ -1,5 +1,6 @@
 """crocoman-bench end to end on CPU, and the analytic FLOP count against torch's counter."""
 
+import argparse
 import json
 import math
 import multiprocessing
@@ -277,6 +278,7 @@ def test_peak_memory_is_each_cases_own_peak():
 
 
 def test_a_misspelt_override_names_itself():
-    with pytest.raises(KeyError, match="embed_dimm"):
+    """The bench parses configs and overrides with the CLI's parser, which refuses what the CLI would."""
+    with pytest.raises(argparse.ArgumentError, match="embed_dimm"):
         bench.finetune_train(bench.FINETUNE_CASES[0], torch.device("cpu"), 1, 0, Path("unused"), Path("unused"),
                              overrides={"model.init_args.backbone.init_args.embed_dimm": 8})
