@@ -7,6 +7,7 @@ import torch
 from lightning import LightningDataModule
 
 from datamodules.color import jitter_batch
+from datamodules.format import Batch, Item, TarSample
 from datamodules.health import SKIP_KINDS, pop_skips
 from datamodules.shards import StreamSeeds, eval_loader, expand_shards, shard_sources, train_loader
 
@@ -39,12 +40,12 @@ class ShardDataModule(LightningDataModule):
         self.augment_on = augment_on
         self.skipped = torch.zeros(len(SKIP_KINDS), dtype=torch.long)
 
-    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+    def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         # Still on the CPU here: tallying costs no device synchronisation.
         self.skipped = pop_skips(batch, self.skipped)
         return batch
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         for key in self.image_keys:
             images = batch[key].float().div_(255.0)
             jitter = batch.pop(f"{key}_jitter", None)
@@ -58,7 +59,7 @@ class ShardDataModule(LightningDataModule):
     def world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
-    def _sampler(self, train: bool) -> Callable[[dict], dict]:
+    def _sampler(self, train: bool) -> Callable[[TarSample], Item | list[Item]]:
         """The map stage from one raw tar sample to tensors (augmented when ``train``)."""
         raise NotImplementedError
 

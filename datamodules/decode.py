@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import RandomResizedCrop
 
-Box = tuple[int, int, int, int]  # top, left, height, width in source pixels
+from datamodules.format.geometry import Box, crop_affine  # noqa: F401 (crop_affine lived here before the format module)
 
 
 @functools.cache
@@ -130,18 +130,6 @@ def warp_pixels(pixels: np.ndarray, affine: Tensor, size: int, nearest: bool = F
     cv2 = opencv()
     return cv2.warpAffine(pixels, affine[:2].double().numpy(), (size, size), borderMode=cv2.BORDER_CONSTANT,
                           flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR, borderValue=0)
-
-
-def crop_affine(box: Box, size: int) -> Tensor:
-    """The 3x3 map from source pixels to pixels of ``box`` resized to ``size`` x ``size``.
-
-    Pixel centres sit at integer coordinates (OpenCV), hence the half-pixel terms; the same map
-    moves 2D keypoints (``A @ p``) and intrinsics (``A @ K``).
-    """
-    top, left, height, width = box
-    sx, sy = size / width, size / height
-    return torch.tensor([[sx, 0.0, (0.5 - left) * sx - 0.5], [0.0, sy, (0.5 - top) * sy - 0.5], [0.0, 0.0, 1.0]],
-                        dtype=torch.float64)
 
 
 def to_tensor(pixels: np.ndarray) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import ShardDataModule
-from datamodules.decode import crop_affine
+from datamodules.format import crop_affine
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TRANSPARENT_BACKGROUND = (128, 128, 128)

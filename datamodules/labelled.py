@@ -1,4 +1,4 @@
-"""Labelled person crops for fine-tuning (schema: shared/design.md, "Labelled shards").
+"""Labelled person crops for fine-tuning (the shard format: ``datamodules.format``).
 
 Each task asks only for the labels it trains on (``label_keys``); a sample without one of them is a
 counted ``missing_key`` skip. One crop box is drawn per sample and applied to the image and to
@@ -7,7 +7,6 @@ pixels. No flips here: flipping keypoints needs the left/right joint map, which 
 mesh task.
 """
 
-import io
 import json
 from functools import cached_property
 from pathlib import Path
@@ -19,11 +18,24 @@ from torch import Tensor
 from body.layouts import NUM_PARTS
 from datamodules.base import ShardDataModule
 from datamodules.color import jittered
-from datamodules.decode import crop_affine, decode, decode_crop, image_size, random_box, resized_crop, to_tensor
+from datamodules.decode import decode, decode_crop, image_size, random_box, resized_crop, to_tensor
+from datamodules.format import (
+    ARRAYS_KEY,
+    CLASS_KEY,
+    IMAGE_KEY,
+    IUV_KEY,
+    LABEL_KEYS,
+    MANIFEST,
+    META_KEY,
+    UNLABELLED,
+    LabelledItem,
+    TarSample,
+    crop_affine,
+    labelled_arrays,
+    labelled_meta,
+    map_points,
+)
 from datamodules.shards import expand_shards
-
-LABEL_KEYS = ("cls", "json", "npz", "iuv.png")
-UNLABELLED = 255  # iuv.png part channel: 0 background, 1..NUM_PARTS DensePose parts, 255 no label
 
 
 def find_manifest(spec: str | list[str]) -> dict:
@@ -33,8 +45,8 @@ def find_manifest(spec: str | list[str]) -> dict:
     if first.startswith("pipe:") or "://" in first:
         return {}
     for folder in Path(first).parent, Path(first).parent.parent:
-        if (folder / "manifest.json").is_file():
-            return json.loads((folder / "manifest.json").read_text())
+        if (folder / MANIFEST).is_file():
+            return json.loads((folder / MANIFEST).read_text())
     return {}
 
 
@@ -50,14 +62,11 @@ def manifest_classes(spec: str | list[str]) -> list[str] | None:
 
 
 class LabelledSample:
-    """One raw tar sample -> tensors for the requested label keys (a map stage).
+    """One raw tar sample -> tensors for the requested label keys (a map stage): a ``LabelledItem``.
 
-    Output: ``image`` (3, S, S) uint8 (float in [0, 1] after ``ShardDataModule.on_after_batch_transfer``)
-    and ``key`` always; ``label`` (class id) for ``cls``; ``K`` (crop intrinsics) and ``has`` (label
-    flags) for ``json``; every array of the ``npz`` under its own name (``keypoints_2d`` moved with
-    the crop); ``iuv`` (3, S, S) uint8 for ``iuv.png`` (nearest-neighbour resampling, so part
-    indices stay part indices). With ``jitter_on_device``, ``image_jitter`` carries the colour
-    jitter's parameters instead of the jitter being applied here.
+    One crop box moves the image, ``K``, ``keypoints_2d`` and the IUV map (nearest-neighbour resampling, so
+    part indices stay part indices). With ``jitter_on_device``, ``image_jitter`` carries the colour jitter's
+    parameters instead of the jitter being applied here.
     """
 
     def __init__(self, label_keys: tuple[str, ...], image_size: int, augment: bool, crop_scale: tuple[float, float],
@@ -70,44 +79,43 @@ class LabelledSample:
         self.color_jitter = color_jitter
         self.jitter_on_device = jitter_on_device
 
-    def label(self, sample: dict) -> Tensor:
-        label = int(sample["cls"])
+    def label(self, sample: TarSample) -> Tensor:
+        label = int(sample[CLASS_KEY])
         if self.num_classes is not None and not 0 <= label < self.num_classes:
             raise ValueError(f"sample {sample['__key__']} in {sample.get('__url__', '?')}: class id {label} is outside "
                              f"the {self.num_classes} classes of the DataModule (manifest.json or `classes`)")
         return torch.tensor(label)
 
-    def __call__(self, sample: dict) -> dict:
-        width, height = image_size(sample["jpg"])
+    def __call__(self, sample: TarSample) -> LabelledItem:
+        width, height = image_size(sample[IMAGE_KEY])
         box = random_box(width, height, self.crop_scale) if self.augment else (0, 0, height, width)
-        pixels, box = decode_crop(sample["jpg"], box, self.image_size)
-        out = {"key": sample["__key__"]}
+        pixels, box = decode_crop(sample[IMAGE_KEY], box, self.image_size)
+        out: LabelledItem = {"key": sample["__key__"]}
         if self.augment:
             pixels = jittered(pixels, self.color_jitter, self.jitter_on_device, out, "image")
         out["image"] = to_tensor(pixels)
         affine = crop_affine(box, self.image_size)
-        if "cls" in self.label_keys:
+        if CLASS_KEY in self.label_keys:
             out["label"] = self.label(sample)
-        if "json" in self.label_keys:
-            meta = json.loads(sample["json"])
+        if META_KEY in self.label_keys:
+            meta = labelled_meta(sample)
             out["K"] = (affine @ torch.tensor(meta["K"], dtype=torch.float64)).float()
             out["has"] = {name: torch.tensor(bool(flag)) for name, flag in meta["has"].items()}
-        if "npz" in self.label_keys:
-            with np.load(io.BytesIO(sample["npz"]), allow_pickle=False) as arrays:
-                out |= {name: torch.from_numpy(arrays[name]).float() for name in arrays.files}
+        if ARRAYS_KEY in self.label_keys:
+            out |= {name: torch.from_numpy(array).float() for name, array in labelled_arrays(sample).items()}
             if "keypoints_2d" in out:
                 points = out["keypoints_2d"].double()
-                points[:, :2] = points[:, :2] @ affine[:2, :2].T + affine[:2, 2]
+                points[:, :2] = map_points(affine, points[:, :2])
                 out["keypoints_2d"] = points.float()
-        if "iuv.png" in self.label_keys:
+        if IUV_KEY in self.label_keys:
             out["iuv"] = to_tensor(resized_crop(self.iuv(sample), box, self.image_size, nearest=True))
         return out
 
     @staticmethod
-    def iuv(sample: dict) -> np.ndarray:
+    def iuv(sample: TarSample) -> np.ndarray:
         """The (H, W, 3) IUV map, refusing part ids that are neither a DensePose part nor unlabelled (a
         bad sample, counted): a loss that ignored them would lose those pixels' labels silently."""
-        iuv = decode(sample["iuv.png"])
+        iuv = decode(sample[IUV_KEY])
         parts = iuv[..., 0]
         bad = (parts > NUM_PARTS) & (parts != UNLABELLED)
         if bad.any():
@@ -175,7 +183,7 @@ class LabelledDataModule(ShardDataModule):
 
     def _sampler(self, train: bool) -> LabelledSample:
         hp = self.hparams
-        num_classes = len(self.classes) if "cls" in hp.label_keys and self.classes else None
+        num_classes = len(self.classes) if CLASS_KEY in hp.label_keys and self.classes else None
         return LabelledSample(tuple(hp.label_keys), hp.image_size, augment=train and hp.augment,
                               crop_scale=hp.crop_scale, color_jitter=hp.color_jitter, num_classes=num_classes,
                               jitter_on_device=self.augment_on == "device")

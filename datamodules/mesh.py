@@ -8,7 +8,7 @@ the body, from its keypoints) only choose which square of that image becomes the
 which changes the intrinsics and nothing in 3D. The returned ``K`` is that of the final input,
 so projecting ``keypoints_3d`` with it gives ``keypoints_2d``.
 
-Sources: crocoman labelled shards (``json`` + ``npz``, shared/design.md) or the 4D-Humans/HaMeR
+Sources: crocoman labelled shards (``json`` + ``npz``, ``datamodules.format``) or the 4D-Humans/HaMeR
 tar layout (``datamodules.hmr_tars``). Both are first read into a *person record*, a dict with
 ``jpg`` (bytes), ``K`` (3, 3) source-pixel intrinsics, ``box`` (centre x, centre y, side) in source
 pixels or None for the whole image, ``body_model`` the labels belong to, any of
@@ -16,14 +16,11 @@ pixels or None for the whole image, ``body_model`` the labels belong to, any of
 ``vertices``, the ``has`` flags and ``mirror`` (must be flipped, e.g. a left hand for MANO).
 """
 
-import io
-import json
 import math
 import tarfile
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
 import smplx
 import torch
 import torch.nn.functional as F
@@ -32,7 +29,19 @@ from torch import Tensor
 from body.layouts import BODY_POSE_JOINTS, NUM_BETAS, SMPL_JOINT_NAMES
 from body.mirror import mirror_axis_angle, mirror_permutation, mirror_pose, vertex_mirror_map
 from datamodules.color import jittered
-from datamodules.decode import crop_affine, decode_warp, image_size, to_tensor
+from datamodules.decode import decode_warp, image_size, to_tensor
+from datamodules.format import (
+    ARRAYS_KEY,
+    IMAGE_KEY,
+    META_KEY,
+    MeshItem,
+    TarSample,
+    crop_affine,
+    labelled_arrays,
+    labelled_meta,
+    map_points,
+)
+from datamodules.format import MESH_HAS_KEYS as HAS_KEYS
 from datamodules.hmr_tars import (
     HAMER_HAND_KEYPOINTS,
     HMR_BODY_KEYPOINTS,
@@ -45,7 +54,6 @@ from datamodules.labelled import LabelledDataModule, find_manifest
 from datamodules.shards import expand_shards
 
 SOURCE_FORMATS = ("crocoman", "hmr_tars")
-HAS_KEYS = ("keypoints_2d", "keypoints_3d", "params", "vertices", "transl")
 _MIRROR = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
 
 
@@ -111,17 +119,16 @@ def rotate_axis_angle_about_z(axis_angle: Tensor, angle_rad: float) -> Tensor:
     return v * (2 * torch.atan2(sin_half, w) / sin_half) if sin_half > 0 else torch.zeros_like(axis_angle)
 
 
-def crocoman_person(sample: dict) -> dict:
+def crocoman_person(sample: TarSample) -> dict:
     """A crocoman labelled-shard sample as a person record (labels its ``has`` flags deny are left out)."""
-    meta = json.loads(sample["json"])
-    with np.load(io.BytesIO(sample["npz"]), allow_pickle=False) as arrays:
-        labels = {name: torch.from_numpy(arrays[name]).double() for name in arrays.files}
+    meta = labelled_meta(sample)
+    labels = {name: torch.from_numpy(array).double() for name, array in labelled_arrays(sample).items()}
     flags = meta.get("has", {})
     body_model = meta.get("body_model")
     pose = labels.get("body_pose", labels.get("hand_pose"))
     has_params = bool(flags.get(body_model)) and pose is not None and "global_orient" in labels and "betas" in labels
     return {
-        "jpg": sample["jpg"],
+        "jpg": sample[IMAGE_KEY],
         "K": torch.tensor(meta["K"], dtype=torch.float64),
         "box": None,
         "body_model": body_model,
@@ -179,7 +186,7 @@ class MeshSample:
                  for keep, padding in EXTREME_CROPS.values()]
         self.extreme_crops = [(mask, padding) for mask, padding in masks if 2 <= int(mask.sum()) < len(mask)]
 
-    def read(self, sample: dict) -> list[dict]:
+    def read(self, sample: TarSample) -> list[dict]:
         """The sample's person records. A 4D-Humans/HaMeR image may hold several people: augmented
         training takes a random one per visit, evaluation (and training without augmentation) all."""
         if self.source_format == "crocoman":
@@ -251,13 +258,13 @@ class MeshSample:
         cx, cy = cx + side * augmentation.shift[0], cy + side * augmentation.shift[1]
         return cx, cy, side * augmentation.scale
 
-    def __call__(self, sample: dict) -> dict | list[dict]:
+    def __call__(self, sample: TarSample) -> MeshItem | list[MeshItem]:
         """One network input per person of the tar sample: a dict, or a list of them (evaluation of
         an image of several people; ``shards.eval_loader`` takes each)."""
         samples = [self.person_sample(sample, record) for record in self.read(sample)]
         return samples[0] if len(samples) == 1 else samples
 
-    def person_sample(self, sample: dict, record: dict) -> dict:
+    def person_sample(self, sample: TarSample, record: dict) -> MeshItem:
         where = f"sample {sample['__key__']} of {sample.get('__url__', '?')}"
         person = self.complete(record, where)
         augmentation = self.draw(person)
@@ -281,7 +288,7 @@ class MeshSample:
         has = person["has"]
         order = self.keypoint_mirror if flip else list(range(len(self.keypoint_names)))
         keypoints_2d = person["keypoints_2d"].clone()
-        keypoints_2d[:, :2] = keypoints_2d[:, :2] @ affine[:2, :2].T + affine[:2, 2]
+        keypoints_2d[:, :2] = map_points(affine, keypoints_2d[:, :2])
         inside = ((keypoints_2d[:, :2] >= -0.5) & (keypoints_2d[:, :2] <= self.image_size - 0.5)).all(-1)
         keypoints_2d[:, 2] *= inside
         keypoints_3d = person["keypoints_3d"].clone()
@@ -325,13 +332,8 @@ class MeshSample:
 class MeshDataModule(LabelledDataModule):
     """Person crops with mesh labels, for body (SMPL, SMPL-X) or hand (MANO) mesh recovery.
 
-    Batch: ``image`` (B, 3, S, S) in [0, 1] (uint8 out of the workers, see ``ShardDataModule``), ``key``, ``K`` (B, 3, 3) of the input after augmentation,
-    ``keypoints_2d`` (B, J, 3) input pixels + confidence (0 when unlabelled or outside the crop),
-    ``keypoints_3d`` (B, J, 4) camera metres + confidence, ``global_orient`` (B, 3) camera-frame
-    axis-angle, ``body_pose`` (B, 69 smpl / 63 smplx) or ``hand_pose`` (B, 45 mano), ``betas`` (B, 10),
-    ``transl`` (B, 3), ``vertices`` (B, V, 3) camera metres, and ``has``: (B,) bools for
-    ``keypoints_2d``, ``keypoints_3d``, ``params`` (pose and betas), ``vertices``, ``transl``. Every
-    sample carries every key (missing labels are zeros with their flag False).
+    Batches are ``datamodules.format.MeshBatch``: every label of the body model at its shape in every sample
+    (missing labels are zeros with their ``has`` flag False), in the camera frame of the augmented input.
 
     Args beyond ``LabelledDataModule``'s:
         body_model: ``smpl``, ``smplx`` or ``mano``; default: the manifest's ``body_model``.
@@ -386,7 +388,7 @@ class MeshDataModule(LabelledDataModule):
         vertex_mirror_tolerance_m: float = 0.002,
         augment_on: str = "worker",
     ) -> None:
-        super().__init__(train_shards, train_weights, val_shards, test_shards, label_keys=("json", "npz"),
+        super().__init__(train_shards, train_weights, val_shards, test_shards, label_keys=(META_KEY, ARRAYS_KEY),
                          batch_size=batch_size, num_workers=num_workers, image_size=image_size,
                          epoch_samples=epoch_samples, shuffle_buffer=shuffle_buffer, augment=augment,
                          color_jitter=color_jitter, augment_on=augment_on)

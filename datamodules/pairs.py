@@ -1,7 +1,7 @@
 """Image pairs for completion pretraining, drawn on the fly from groups of frames.
 
 A pair shard sample is a group: frames of one person from several cameras and times
-(``shared/design.md``). Each time a group is read, a fresh pair is drawn: a cross-view pair
+(``datamodules.format.GroupRecord``). Each time a group is read, a fresh pair is drawn: a cross-view pair
 (same time, two cameras) or a cross-pose pair (same camera, two times), so every epoch sees new
 pairs from the same shards.
 
@@ -11,7 +11,6 @@ hidden patches through its cross-attention, a copying task; a blank image 2 keep
 its FLOPs and the image-1 distribution identical to the pair arms while carrying no information.
 """
 
-import json
 import math
 import random
 import zlib
@@ -24,7 +23,6 @@ from torch import Tensor
 from datamodules.base import ShardDataModule
 from datamodules.color import draw_jitter, jitter_or_defer
 from datamodules.decode import (
-    crop_affine,
     decode,
     decode_crop,
     decode_warp,
@@ -34,11 +32,19 @@ from datamodules.decode import (
     to_tensor,
     warp_pixels,
 )
+from datamodules.format import (
+    CROSS_POSE,
+    CROSS_VIEW,
+    SINGLE_IMAGE,
+    FrameRecord,
+    PairItem,
+    TarSample,
+    crop_affine,
+    read_group,
+)
 
-CROSS_VIEW, CROSS_POSE, SINGLE_IMAGE = 0, 1, 2  # pair_type values (lightning_modules.PAIR_TYPES names them)
 
-
-def candidate_pairs(frames: list[dict],
+def candidate_pairs(frames: list[FrameRecord],
                     time_gap: tuple[int, int]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """All ordered (i, j) cross-view pairs and cross-pose pairs (time gap within ``time_gap``) of a group."""
     cross_view, cross_pose = [], []
@@ -53,7 +59,7 @@ def candidate_pairs(frames: list[dict],
     return cross_view, cross_pose
 
 
-def choose_pair(frames: list[dict], rng: random.Random, cross_view_ratio: float,
+def choose_pair(frames: list[FrameRecord], rng: random.Random, cross_view_ratio: float,
                 time_gap: tuple[int, int]) -> tuple[int, int, int]:
     """Pick (i, j, pair_type); falls back to the other type when the group has none of the drawn one."""
     cross_view, cross_pose = candidate_pairs(frames, time_gap)
@@ -65,7 +71,7 @@ def choose_pair(frames: list[dict], rng: random.Random, cross_view_ratio: float,
     return (*rng.choice(cross_pose), CROSS_POSE)
 
 
-def person_mask(sample: dict, frame: dict, size: tuple[int, int]) -> np.ndarray:
+def person_mask(sample: TarSample, frame: FrameRecord, size: tuple[int, int]) -> np.ndarray:
     """The frame's silhouette as (H, W) uint8 0/1; its filled bounding box when the dataset has no
     silhouettes; else all ones. ``size`` is the frame's (width, height).
 
@@ -83,7 +89,7 @@ def person_mask(sample: dict, frame: dict, size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def person_box(sample: dict, frame: dict, size: tuple[int, int]) -> tuple[float, float, float, float]:
+def person_box(sample: TarSample, frame: FrameRecord, size: tuple[int, int]) -> tuple[float, float, float, float]:
     """(x, y, w, h) of the person in a frame of ``size`` (width, height): its ``bbox``, else the
     silhouette's bounds, else the whole frame."""
     if frame.get("bbox"):
@@ -136,7 +142,7 @@ class PairSampler:
         low, high = (math.log(v) for v in PERSON_SCALE)
         return (math.exp(random.uniform(low, high)), *(random.uniform(-PERSON_SHIFT, PERSON_SHIFT) for _ in "xy")), jitter
 
-    def person_affine(self, sample: dict, frame: dict, size: tuple[int, int], framing: tuple) -> Tensor:
+    def person_affine(self, sample: TarSample, frame: FrameRecord, size: tuple[int, int], framing: tuple) -> Tensor:
         """Source pixels -> the square of ``person_crop`` times the person's longer side, as ``framing`` moves it."""
         scale, shift_x, shift_y = framing
         x, y, w, h = person_box(sample, frame, size)
@@ -144,7 +150,7 @@ class PairSampler:
         left, top = x + w / 2 - side / 2 + shift_x * side, y + h / 2 - side / 2 + shift_y * side
         return crop_affine((top, left, side, side), self.image_size)
 
-    def view(self, sample: dict, frame: dict, augmentation: tuple[tuple, Tensor | None] | None,
+    def view(self, sample: TarSample, frame: FrameRecord, augmentation: tuple[tuple, Tensor | None] | None,
              with_mask: bool) -> tuple[dict[str, Tensor], tuple[tuple, Tensor | None]]:
         """One frame as uint8 ``image`` (3, S, S) (+ ``image_jitter`` parameters, + ``person`` (S, S) bool), and the
         augmentation it got (reused for the second image when both share one)."""
@@ -168,8 +174,8 @@ class PairSampler:
             out["person"] = to_tensor(cut(person_mask(sample, frame, (width, height)))).bool()
         return out, augmentation
 
-    def __call__(self, sample: dict) -> dict[str, Tensor]:
-        group = json.loads(sample["group.json"])
+    def __call__(self, sample: TarSample) -> PairItem:
+        group = read_group(sample)
         # Evaluation draws the same pair of a group every time, so its loss is comparable across epochs.
         rng = random.Random(zlib.crc32(sample["__key__"].encode())) if self.deterministic else random
         i, j, pair_type = choose_pair(group["frames"], rng, self.cross_view_ratio, self.time_gap)

@@ -33,10 +33,22 @@ from tqdm import tqdm
 
 from body.camera import project
 from crocoman.checks import check_at_least
-from datamodules.decode import Box, crop_affine
-from datamodules.format import jpeg_bytes, png_bytes
+from datamodules.format import (
+    CONVERT_VERSION,
+    GROUP_KEY,
+    MANIFEST,
+    Box,
+    FrameRecord,
+    TarSample,
+    crop_affine,
+    frame_members,
+    jpeg_bytes,
+    json_bytes,
+    map_points,
+    png_bytes,
+    read_group,
+)
 
-VERSION = "crocoman-convert/1"
 STATE_DIR = ".convert"  # per-shard completion records, beside the splits
 PARTIAL_SKIPS = "__skips__"  # an encoded sample may list the parts it dropped (SkipSample each), to be counted
 _EXAMPLES_PER_REASON = 3
@@ -242,11 +254,11 @@ def write_manifest(out_dir: str | Path, dataset: str, splits: dict[str, dict], e
         "bytes": sum(shard["bytes"] for summary in splits.values() for shard in summary["shards"]),
         "skipped": sum(skipped.values()),
     }
-    manifest = {"version": VERSION, "dataset": dataset, **(extra or {}), "splits": splits, "totals": totals,
+    manifest = {"version": CONVERT_VERSION, "dataset": dataset, **(extra or {}), "splits": splits, "totals": totals,
                 "skipped": dict(sorted(skipped.items()))}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     per_split = ", ".join(f"{summary['samples']} {split}" for split, summary in splits.items())
     resumed = sum(summary["resumed_shards"] for summary in splits.values())
     seconds = sum(summary["seconds"] for summary in splits.values())
@@ -332,7 +344,7 @@ def square_crop_box(points_or_box: np.ndarray | Sequence[float], margin: float =
 def crop_person(image: Image.Image, box: Box, size: int,
                 resample: Image.Resampling = Image.Resampling.BILINEAR) -> tuple[Image.Image, np.ndarray]:
     """`box` (top, left, height, width) of `image` resized to `size` x `size`, with zeros where it
-    leaves the image, and the 3x3 map from source to crop pixels (`datamodules.labelled.crop_affine`):
+    leaves the image, and the 3x3 map from source to crop pixels (`datamodules.format.crop_affine`):
     2D points move by `A @ p`, intrinsics by `K_crop = A @ K`. Masks take `Image.Resampling.NEAREST`."""
     top, left, height, width = box
     crop = image.crop((left, top, left + width, top + height)).resize((size, size), resample)
@@ -341,8 +353,7 @@ def crop_person(image: Image.Image, box: Box, size: int,
 
 def transform_points(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     """(N, 2+) pixel points moved by a 3x3 affine; columns after the second (confidences) kept."""
-    moved = points[:, :2] @ affine[:2, :2].T + affine[:2, 2]
-    return np.concatenate([moved, points[:, 2:]], axis=1)
+    return np.concatenate([map_points(affine, points[:, :2]), points[:, 2:]], axis=1)
 
 
 def transform_box(affine: np.ndarray, box: Sequence[float]) -> list[float]:
@@ -417,8 +428,8 @@ def observe(K: np.ndarray, R: np.ndarray, t: np.ndarray, points_world: np.ndarra
             np.concatenate([np.where(usable[:, None], camera, 0.0), confidence[:, None]], 1))
 
 
-def encode_pair_group(item: dict, size: int, margin: float) -> dict:
-    """One pair-shard sample (schema: shared/design.md, "Pair shards") from an item
+def encode_pair_group(item: dict, size: int, margin: float) -> TarSample:
+    """One pair-shard sample (``datamodules.format.GroupRecord`` and its frames' members) from an item
     {key, subject, frames, (group: extra group.json fields)} whose frames are
     {image: Path or PIL.Image (None: not decoded), mask: Path | None, source (optional, named in
     skips), camera, time, K, R, t, and joints_2d (J, 3: x, y,
@@ -427,12 +438,12 @@ def encode_pair_group(item: dict, size: int, margin: float) -> dict:
     intrinsics, keypoints and box are moved into the crop. A frame that cannot be cropped is
     dropped and counted; a group left with fewer than two frames is a `SkipSample`."""
     key, frames = item["key"], item["frames"]
-    sample: dict = {"__key__": key}
+    sample: TarSample = {"__key__": key}
     records = []
     dropped = []
     for frame in frames:
         try:
-            record, files = _crop_frame(frame, f"f{len(records)}", size, margin)
+            record, files = _crop_frame(frame, len(records), size, margin)
         except SkipSample as skip:
             dropped.append(SkipSample(f"frame: {skip.reason}", skip.detail))
             continue
@@ -442,12 +453,12 @@ def encode_pair_group(item: dict, size: int, margin: float) -> dict:
         raise SkipSample("group: fewer than 2 usable frames", f"{key}: {len(records)} of {len(frames)} usable"
                          + "".join(f"; {skip}" for skip in dropped[:2]))
     group = {"subject": item["subject"], **item.get("group", {}), "frames": records}
-    sample["group.json"] = json.dumps(group, separators=(",", ":")).encode()
+    sample[GROUP_KEY] = json_bytes(group)
     sample[PARTIAL_SKIPS] = dropped
     return sample
 
 
-def _crop_frame(frame: dict, name: str, size: int, margin: float) -> tuple[dict, dict[str, bytes]]:
+def _crop_frame(frame: dict, number: int, size: int, margin: float) -> tuple[FrameRecord, dict[str, bytes]]:
     source = frame.get("source", frame["image"])  # what a skip names: a path, or a video and time
     if frame.get("K") is None:
         raise SkipSample("camera not calibrated", f"{source}: camera {frame['camera']}")
@@ -469,14 +480,15 @@ def _crop_frame(frame: dict, name: str, size: int, margin: float) -> tuple[dict,
     if left >= image.width or top >= image.height or left + side <= 0 or top + side <= 0:
         raise SkipSample("person outside the image", f"{source}: box {box} in {image.size}")
     crop, affine = crop_person(image, box, size)
-    record = {"name": f"{name}.jpg", "camera": str(frame["camera"]), "time": int(frame["time"]),
+    image_key, mask_key = frame_members(number)
+    record: FrameRecord = {"name": image_key, "camera": str(frame["camera"]), "time": int(frame["time"]),
               "K": rounded(affine @ np.asarray(frame["K"], dtype=np.float64)), "R": rounded(frame["R"]),
               "t": rounded(np.asarray(frame["t"], dtype=np.float64).reshape(3))}
-    files = {f"{name}.jpg": jpeg_bytes(torch.from_numpy(np.array(crop)))}
+    files = {image_key: jpeg_bytes(torch.from_numpy(np.array(crop)))}
     if frame.get("mask") is not None:
         mask, _ = crop_person(read_image(frame["mask"], "L"), box, size, Image.Resampling.NEAREST)
-        files[f"{name}.mask.png"] = png_bytes((np.asarray(mask) > 127).astype(np.uint8) * 255)
-        record["mask"] = f"{name}.mask.png"
+        files[mask_key] = png_bytes((np.asarray(mask) > 127).astype(np.uint8) * 255)
+        record["mask"] = mask_key
     if joints_2d is not None:
         crop_joints = transform_points(affine, joints_2d)
         if crop_joints.shape[1] > 2:  # a joint without confidence has no position either: 0, 0, 0
@@ -505,7 +517,7 @@ def _points(draw: ImageDraw.ImageDraw, points: np.ndarray, colour: str, radius: 
 def draw_pair_group(sample: dict) -> Image.Image:
     """A pair group as one row of its frames, each with its box (green), 2D joints (red) and the
     3D joints projected with the stored crop intrinsics (blue: they must land on the red ones)."""
-    group = json.loads(sample["group.json"])
+    group = read_group(sample)
     tiles = []
     for frame in group["frames"]:
         image = Image.open(io.BytesIO(sample[frame["name"]])).convert("RGB")

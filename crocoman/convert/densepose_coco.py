@@ -40,13 +40,12 @@ from crocoman.convert.labelled import (
     labelled_sample,
     nominal_intrinsics,
 )
-from datamodules.format import png_bytes
+from datamodules.format import IUV_KEY, UNLABELLED, png_bytes
 
 # annotation file -> (our split, image folder)
 ANNOTATION_FILES = {"train": ("train", "train2014"), "valminusminival": ("train", "val2014"),
                     "minival": ("val", "val2014")}
 MASK_SIZE = 256  # side of the dp_masks grid
-UNLABELLED = 255
 COARSE_PARTS = 14
 
 
@@ -147,7 +146,7 @@ def encode_person(person: Person, size: int, margin: float) -> dict:
     corners = transform_points(affine, np.array([[x, y, 1.0], [x + w, y + h, 1.0]]))
     return labelled_sample(person.key, crop, task="body", K=affine @ nominal_intrinsics(*image.size),
                            bbox=crop_bbox(corners, size), has={"densepose"}, subject=person.subject,
-                           body_model="smpl", files={"iuv.png": png_bytes(iuv)})
+                           body_model="smpl", files={IUV_KEY: png_bytes(iuv)})
 
 
 def _mask_counts(mask: dict | list) -> str | tuple | None:

@@ -40,6 +40,7 @@ from crocoman.convert.labelled import (
     labelled_sample,
     nominal_intrinsics,
 )
+from datamodules.format import CLASS_KEY
 
 NO_GESTURE = "no_gesture"
 # annotation folder name -> our split
@@ -117,7 +118,7 @@ def encode_box(item: GestureBox, size: int, margin: float) -> dict:
                                                  [box_px[0] + box_px[2], box_px[1] + box_px[3], 1.0]]))
     return labelled_sample(item.key, crop, task="hand", K=affine @ nominal_intrinsics(width, height),
                            bbox=crop_bbox(corners, size), has={"gesture"}, subject=item.subject, body_model="mano",
-                           files={"cls": str(item.label).encode()})
+                           files={CLASS_KEY: str(item.label).encode()})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

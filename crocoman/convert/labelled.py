@@ -1,10 +1,9 @@
-"""What the labelled converters (3DPW, FreiHAND, DensePose-COCO, HaGRID) share: the sample layout of
-`crocoman/synth/labelled.py`, nominal intrinsics for uncalibrated photos, the preview drawing and the
+"""What the labelled converters (3DPW, FreiHAND, DensePose-COCO, HaGRID) share: the labelled sample as
+`datamodules.format` packs it, nominal intrinsics for uncalibrated photos, the preview drawing and the
 body-model loader."""
 
 import colorsys
 import io
-import json
 from functools import cache
 from pathlib import Path
 
@@ -12,10 +11,20 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from body.layouts import NUM_PARTS
 from crocoman.convert.common import rounded
-from datamodules.format import jpeg_bytes
+from datamodules.format import (
+    ARRAYS_KEY,
+    CLASS_KEY,
+    IMAGE_KEY,
+    IUV_KEY,
+    TarSample,
+    has_flags,
+    labelled_arrays,
+    labelled_meta,
+    pack_labelled,
+)
 
-HAS_FLAGS = ("keypoints_2d", "keypoints_3d", "smpl", "mano", "densepose", "gesture")
 # Where calibration is unknown (COCO, HaGRID) the crop's K is derived from a nominal camera: focal
 # length = the source image's diagonal (as CLIFF assumes), principal point at its centre.
 NOMINAL_INTRINSICS = "nominal: focal = source image diagonal, principal point = source image centre"
@@ -38,58 +47,47 @@ def crop_bbox(points: np.ndarray, size: int) -> list[float]:
 
 def labelled_sample(key: str, crop: Image.Image, *, task: str, K: np.ndarray, bbox: list[float], has: set[str],
                     subject: str, body_model: str, arrays: dict[str, np.ndarray] | None = None,
-                    files: dict[str, bytes] | None = None, record: dict | None = None) -> dict[str, bytes | str]:
-    """One labelled tar sample as `crocoman/synth/labelled.py` writes it: `jpg`, `json` {task, K (of
-    the crop), bbox, has (every flag of `HAS_FLAGS`), subject, body_model, plus `record`}, `npz`
-    float32 `arrays` when given, and `files` (iuv.png, cls)."""
-    unknown = has - set(HAS_FLAGS)
-    if unknown:
-        raise ValueError(f"labelled_sample: unknown has flags {sorted(unknown)}; known: {HAS_FLAGS}")
-    meta = {"task": task, "K": rounded(K), "bbox": bbox, "has": {flag: flag in has for flag in HAS_FLAGS},
-            "subject": subject, "body_model": body_model, **(record or {})}
-    sample: dict[str, bytes | str] = {"__key__": key, "jpg": jpeg_bytes(torch.from_numpy(np.array(crop))),
-                                      "json": json.dumps(meta, separators=(",", ":")).encode()}
-    if arrays:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **{name: np.asarray(value, np.float32) for name, value in arrays.items()})
-        sample["npz"] = buffer.getvalue()
-    return sample | (files or {})
+                    files: dict[str, bytes] | None = None, record: dict | None = None) -> TarSample:
+    """One labelled tar sample as the synthetic world writes it (`datamodules.format.pack_labelled`): the
+    crop, its `json` {task, K (of the crop), bbox, has (the flags in `has`), subject, body_model, plus
+    `record`}, `arrays` when given, and `files` (iuv.png, cls)."""
+    meta = {"task": task, "K": rounded(K), "bbox": bbox, "has": has_flags(has), "subject": subject,
+            "body_model": body_model, **(record or {})}
+    return pack_labelled(key, torch.from_numpy(np.array(crop)), meta, arrays, files)
 
 
 # A colour per DensePose part (index 0: background), spread over the hue circle.
-_PART_COLOURS = [(0, 0, 0)] + [tuple(round(255 * c) for c in colorsys.hsv_to_rgb(part / 24, 0.8, 1.0))
-                               for part in range(24)]
+_PART_COLOURS = [(0, 0, 0)] + [tuple(round(255 * c) for c in colorsys.hsv_to_rgb(part / NUM_PARTS, 0.8, 1.0))
+                               for part in range(NUM_PARTS)]
 
 
 def draw_labelled(sample: dict, classes: list[str] | None = None) -> Image.Image:
     """A labelled sample with its labels: DensePose points coloured by part (background darkened), 3D
     keypoints projected with the crop's K (blue, under) and 2D keypoints (red: they must coincide),
     the gesture's class name."""
-    image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-    meta = json.loads(sample["json"])
+    image = Image.open(io.BytesIO(sample[IMAGE_KEY])).convert("RGB")
+    meta = labelled_meta(sample)
     parts = None
-    if "iuv.png" in sample:
-        parts = np.asarray(Image.open(io.BytesIO(sample["iuv.png"])).convert("RGB"))[..., 0]
+    if IUV_KEY in sample:
+        parts = np.asarray(Image.open(io.BytesIO(sample[IUV_KEY])).convert("RGB"))[..., 0]
         pixels = np.array(image)
         pixels[parts == 0] //= 3
         image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
     if parts is not None:
-        for y, x in zip(*np.nonzero((parts > 0) & (parts <= 24))):
+        for y, x in zip(*np.nonzero((parts > 0) & (parts <= NUM_PARTS))):
             draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=_PART_COLOURS[parts[y, x]])
-    if "npz" in sample:
-        with np.load(io.BytesIO(sample["npz"])) as arrays:
-            if "keypoints_3d" in arrays.files:
-                points = arrays["keypoints_3d"][arrays["keypoints_3d"][:, 2] > 1e-6, :3].astype(np.float64)
-                projected = points @ np.asarray(meta["K"]).T
-                for x, y in projected[:, :2] / projected[:, 2:]:
-                    draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill="blue")
-            if "keypoints_2d" in arrays.files:
-                for x, y, confidence in arrays["keypoints_2d"]:
-                    if confidence > 0:
-                        draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill="red")
-    if "cls" in sample:
-        label = int(sample["cls"])
+    arrays = labelled_arrays(sample) if ARRAYS_KEY in sample else {}
+    if "keypoints_3d" in arrays:
+        points = arrays["keypoints_3d"][arrays["keypoints_3d"][:, 2] > 1e-6, :3].astype(np.float64)
+        projected = points @ np.asarray(meta["K"]).T
+        for x, y in projected[:, :2] / projected[:, 2:]:
+            draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill="blue")
+    for x, y, confidence in arrays.get("keypoints_2d", ()):
+        if confidence > 0:
+            draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill="red")
+    if CLASS_KEY in sample:
+        label = int(sample[CLASS_KEY])
         draw.text((2, 2), classes[label] if classes else str(label), fill="yellow")
     return image
 

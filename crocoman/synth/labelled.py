@@ -1,4 +1,4 @@
-"""Write labelled synthetic shards for fine-tuning (schema: shared design.md, "Labelled shards").
+"""Write labelled synthetic shards for fine-tuning (the format: ``datamodules.format``).
 
 A sample is one crop: a person (task "body") or a bare hand (task "hand") with every label the
 fine-tuning tasks read, all exact because they come from the geometry that was rendered:
@@ -8,8 +8,6 @@ are rendered and written like pair shards (`shards.write_sample_shards`): the by
 the seed and sizes only, never on the number of workers.
 """
 
-import io
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -32,9 +30,17 @@ from crocoman.synth.shards import (
 from crocoman.synth.skeleton import JOINT_NAMES, PARENTS
 from crocoman.synth.surface import cylindrical_coords, surface_vertices
 from crocoman.synth.world import PRIMITIVE_JOINTS, PRIMITIVE_PARTS, Frame, render_group
-from datamodules.format import jpeg_bytes, png_bytes
+from datamodules.format import (
+    CLASS_KEY,
+    IUV_KEY,
+    SYNTH_LABELLED_VERSION,
+    LabelledMeta,
+    TarSample,
+    has_flags,
+    pack_labelled,
+    png_bytes,
+)
 
-VERSION = "crocoman-synth-labelled/1"
 SHARD_PATTERN = "labelled-%06d.tar"
 TASKS = ("body", "hand")
 
@@ -126,14 +132,6 @@ _OWN_PRIMITIVES = {
 }
 
 
-def _npz_bytes(arrays: dict[str, torch.Tensor]) -> bytes:
-    """float32 arrays in a compressed npz; zip entries carry a fixed date, so equal arrays give
-    equal bytes."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{name: value.numpy().astype(np.float32) for name, value in arrays.items()})
-    return buffer.getvalue()
-
-
 def _labels(frame: Frame, body_model: str, vertices: bool) -> dict[str, torch.Tensor]:
     keypoints_3d_m = frame.joints_3d_m
     projected = keypoints_3d_m.double() @ frame.K.double().T  # from the stored float32 3D points
@@ -153,40 +151,31 @@ def _labels(frame: Frame, body_model: str, vertices: bool) -> dict[str, torch.Te
     return labels
 
 
-def _record(frame: Frame, task: str, subject: str) -> bytes:
+def _meta(frame: Frame, task: str, subject: str) -> LabelledMeta:
     body = task == "body"
-    record = {
+    return {
         "task": task,
         "K": frame.K.double().round(decimals=6).tolist(),
         "bbox": list(frame.bbox_px),
-        "has": {
-            "keypoints_2d": True, "keypoints_3d": True, "smpl": body, "mano": not body, "densepose": body,
-            "gesture": not body,
-        },  # fmt: skip
+        "has": has_flags({"keypoints_2d", "keypoints_3d", *(("smpl", "densepose") if body else ("mano", "gesture"))}),
         "subject": subject,
         "body_model": "smpl" if body else "mano",
     }
-    return json.dumps(record, separators=(",", ":")).encode()
 
 
-def encode_labelled(index: int, seed: int, task: str, image_size: int, vertices: bool = True) -> dict[str, str | bytes]:
+def encode_labelled(index: int, seed: int, task: str, image_size: int, vertices: bool = True) -> TarSample:
     """Render labelled sample `index` of `task` as one tar sample (jpg, json, npz, and iuv.png
     for bodies or cls for hands); `vertices=False` leaves the mesh out of the npz."""
     if task == "body":
         group = render_group(seed, index, image_size, cameras=1, times=1)
         frame, subject, body_model = group.frames[0], group.subject, "smpl"
-        task_labels = {"iuv.png": png_bytes(densepose_iuv(frame))}
+        task_labels = {IUV_KEY: png_bytes(densepose_iuv(frame))}
     else:
         hand = render_hand(seed, index, image_size)
         frame, subject, body_model = hand.frame, hand.subject, "mano"
-        task_labels = {"cls": str(hand.gesture).encode()}
-    return {
-        "__key__": f"{task}{index:07d}",
-        "jpg": jpeg_bytes(frame.rendering.rgb),
-        "json": _record(frame, task, subject),
-        "npz": _npz_bytes(_labels(frame, body_model, vertices)),
-        **task_labels,
-    }
+        task_labels = {CLASS_KEY: str(hand.gesture).encode()}
+    return pack_labelled(f"{task}{index:07d}", frame.rendering.rgb, _meta(frame, task, subject),
+                         _labels(frame, body_model, vertices), task_labels)
 
 
 def write_labelled_shards(
@@ -223,7 +212,7 @@ def write_labelled_shards(
     seconds = time.perf_counter() - started
     body = task == "body"
     manifest = {
-        "version": VERSION,
+        "version": SYNTH_LABELLED_VERSION,
         "task": task,
         "seed": seed,
         "image_size": image_size,

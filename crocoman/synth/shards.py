@@ -1,11 +1,10 @@
-"""Write synthetic groups as WebDataset pair shards (schema: shared design.md, "Pair shards").
+"""Write synthetic groups as WebDataset pair shards (the format: ``datamodules.format``).
 
 Groups are rendered in worker processes and written by the parent in group order, and each
 group draws its randomness from (seed, group index) alone, so the shards are byte-identical
 for any number of workers: a dataset is named by its seed and sizes, not by the machine.
 """
 
-import io
 import json
 import multiprocessing
 import time
@@ -18,15 +17,23 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from tqdm import tqdm
 
 from crocoman.checks import check_at_least
 from crocoman.synth.hand import render_hand_group
 from crocoman.synth.world import Frame, render_group
-from datamodules.format import jpeg_bytes, png_bytes
+from datamodules.format import (
+    GROUP_KEY,
+    MANIFEST,
+    SYNTH_PAIRS_VERSION,
+    FrameRecord,
+    TarSample,
+    frame_members,
+    jpeg_bytes,
+    json_bytes,
+    png_bytes,
+)
 
-VERSION = "crocoman-synth-pairs/1"
 SHARD_PATTERN = "pairs-%06d.tar"
 _DECIMALS = 6  # 1 um in camera space, 1e-6 px in the crop
 
@@ -35,10 +42,10 @@ def _listed(values: torch.Tensor) -> list:
     return values.double().round(decimals=_DECIMALS).tolist()
 
 
-def _frame_record(frame: Frame, name: str) -> dict:
+def _frame_record(frame: Frame, image_key: str, mask_key: str) -> FrameRecord:
     return {
-        "name": f"{name}.jpg",
-        "mask": f"{name}.mask.png",
+        "name": image_key,
+        "mask": mask_key,
         "camera": f"cam{frame.camera}",
         "time": frame.time,
         "K": _listed(frame.K),
@@ -54,18 +61,18 @@ GROUP_RENDERERS = {"body": render_group, "hand": render_hand_group}
 
 
 def encode_group(index: int, seed: int, image_size: int, cameras: int, times: int,
-                 task: str = "body") -> dict[str, str | bytes]:
+                 task: str = "body") -> TarSample:
     """Render group `index` of people (task "body") or bare hands ("hand") and encode it as one tar
     sample (key, group.json, fN.jpg, fN.mask.png)."""
     group = GROUP_RENDERERS[task](seed, index, image_size, cameras, times)
-    sample: dict[str, str | bytes] = {"__key__": f"group{index:07d}"}
+    sample: TarSample = {"__key__": f"group{index:07d}"}
     records = []
     for number, frame in enumerate(group.frames):
-        name = f"f{number}"
-        sample[f"{name}.jpg"] = jpeg_bytes(frame.rendering.rgb)
-        sample[f"{name}.mask.png"] = png_bytes(frame.rendering.mask.numpy().astype(np.uint8) * 255)
-        records.append(_frame_record(frame, name))
-    sample["group.json"] = json.dumps({"subject": group.subject, "frames": records}, separators=(",", ":")).encode()
+        image_key, mask_key = frame_members(number)
+        sample[image_key] = jpeg_bytes(frame.rendering.rgb)
+        sample[mask_key] = png_bytes(frame.rendering.mask.numpy().astype(np.uint8) * 255)
+        records.append(_frame_record(frame, image_key, mask_key))
+    sample[GROUP_KEY] = json_bytes({"subject": group.subject, "frames": records})
     return sample
 
 
@@ -141,7 +148,7 @@ def manifest_splits(shards: dict[str, list[tuple[str, int, int]]], counts: dict[
 
 def save_manifest(out: Path, manifest: dict, summary: str) -> dict:
     """Write ``out/manifest.json`` and print the tool's one-line summary, shards and bytes appended."""
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     num_shards = sum(len(split["shards"]) for split in manifest["splits"].values())
     print(f"{summary} in {num_shards} shards, {manifest['total_bytes'] / 1e6:.1f} MB, "
           f"{manifest['generation_seconds']:.1f} s -> {out}")
@@ -191,7 +198,7 @@ def write_pair_shards(
     counts = {split: {"groups": len(indices), "frames": len(indices) * cameras * times}
               for split, indices in splits.items()}
     manifest = {
-        "version": VERSION,
+        "version": SYNTH_PAIRS_VERSION,
         "task": task,
         "seed": seed,
         "image_size": image_size,
