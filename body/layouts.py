@@ -17,6 +17,17 @@ MANO_JOINT_NAMES = (
 )  # fmt: skip
 FINGERTIP_NAMES = ("thumb_tip", "index_tip", "middle_tip", "ring_tip", "pinky_tip")
 HAND_KEYPOINT_NAMES = MANO_JOINT_NAMES + FINGERTIP_NAMES
+MANO_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14)
+HAND_KEYPOINT_PARENTS = (*MANO_PARENTS, 15, 3, 6, 12, 9)  # each fingertip hangs off its finger's last joint
+
+
+def _finger_parents(wrist: int, first: int) -> tuple[int, ...]:
+    """Parents of 5 fingers x 3 joints numbered from ``first``, each finger hanging off the wrist."""
+    return tuple(wrist if joint % 3 == 0 else first + joint - 1 for joint in range(15))
+
+
+# SMPL-X's 55 skeleton joints: SMPL's first 22, jaw and eyes off the head, then each hand's fingers.
+SMPLX_PARENTS = SMPL_PARENTS[:22] + (15, 15, 15) + _finger_parents(20, 25) + _finger_parents(21, 40)
 # The joints smplx reads off the surface (face, feet, fingertips), which SMPL's layer appends too.
 _SURFACE_JOINTS = SMPLX_JOINT_NAMES[55:76]
 JOINT_NAMES_OF = {  # each model's output joints, as smplx orders them

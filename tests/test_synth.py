@@ -11,14 +11,15 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from crocoman.synth import JOINT_NAMES, PARENTS, BodyShape, Motion, encode_group, forward_kinematics, write_pair_shards
+from body.layouts import SMPL_JOINT_NAMES, SMPL_PARENTS
 from crocoman.data import main
+from crocoman.synth import BodyShape, Motion, encode_group, forward_kinematics, write_pair_shards
 from crocoman.synth.skeleton import JOINT_HIGH_RAD, JOINT_LOW_RAD, rest_offsets
 
 SIZE, CAMERAS, TIMES = 64, 3, 3
 TRAIN_GROUPS, VAL_GROUPS = 5, 2
 FRAME_KEYS = {"name", "mask", "camera", "time", "K", "R", "t", "bbox", "joints_2d", "joints_3d"}
-TORSO = [JOINT_NAMES.index(name) for name in ("pelvis", "spine1", "spine2", "spine3")]
+TORSO = [SMPL_JOINT_NAMES.index(name) for name in ("pelvis", "spine1", "spine2", "spine3")]
 
 
 def _write(root: Path, workers: int) -> dict:
@@ -64,7 +65,7 @@ def test_forward_kinematics_moves_joints_but_keeps_bone_lengths() -> None:
     assert ((pose >= JOINT_LOW_RAD) & (pose <= JOINT_HIGH_RAD)).all()
     joints, rotations = forward_kinematics(pose, offsets)
     rest, _ = forward_kinematics(torch.zeros(24, 3), offsets)
-    bones = (joints[:, 1:] - joints[:, list(PARENTS[1:])]).norm(dim=-1)
+    bones = (joints[:, 1:] - joints[:, list(SMPL_PARENTS[1:])]).norm(dim=-1)
     torch.testing.assert_close(bones, offsets[1:].norm(dim=-1).expand_as(bones))
     identity = torch.eye(3).expand_as(rotations)
     torch.testing.assert_close(rotations @ rotations.transpose(-1, -2), identity, atol=1e-5, rtol=0)

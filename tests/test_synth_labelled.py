@@ -17,19 +17,18 @@ from test_synth_bodymodel import (  # noqa: F401 (fixtures used by name)
     project,
 )
 
+from body.layouts import HAND_KEYPOINT_PARENTS, SMPL_JOINT_NAMES, SMPL_PARENTS
+from crocoman.data import main
 from crocoman.synth import (
     GESTURE_NAMES,
     HAND_KEYPOINT_NAMES,
-    JOINT_NAMES,
     Frame,
     render_group,
     render_hand,
     write_labelled_shards,
 )
-from crocoman.data import main
-from crocoman.synth.hand import HAND_PARENTS, HAND_PRIMITIVE_JOINTS
+from crocoman.synth.hand import HAND_PRIMITIVE_JOINTS
 from crocoman.synth.labelled import encode_labelled, own_primitives
-from crocoman.synth.skeleton import PARENTS
 from crocoman.synth.world import PRIMITIVE_JOINTS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,8 +44,8 @@ ARRAYS = {
              "betas": (10,), "transl": (3,), "vertices": (778, 3)},
 }  # fmt: skip
 OWN_PRIMITIVES = {
-    "body": own_primitives(PARENTS, PRIMITIVE_JOINTS),
-    "hand": own_primitives(HAND_PARENTS, HAND_PRIMITIVE_JOINTS),
+    "body": own_primitives(SMPL_PARENTS, PRIMITIVE_JOINTS),
+    "hand": own_primitives(HAND_KEYPOINT_PARENTS, HAND_PRIMITIVE_JOINTS),
 }
 
 
@@ -106,7 +105,7 @@ def test_samples_hold_every_key_of_the_schema(task: str, body_shards: tuple, han
         assert np.shape(record["K"]) == (3, 3) and len(record["bbox"]) == 4
         assert {name: array.shape for name, array in sample["npz"].items()} == ARRAYS[task]
         assert all(array.dtype == np.float32 for array in sample["npz"].values())
-    names = JOINT_NAMES if task == "body" else HAND_KEYPOINT_NAMES
+    names = SMPL_JOINT_NAMES if task == "body" else HAND_KEYPOINT_NAMES
     assert manifest["keypoints"] == list(names) and manifest == json.loads((root / "manifest.json").read_text())
     assert sum(shard["samples"] for shard in manifest["splits"]["train"]["shards"]) == len(samples)
 

@@ -6,14 +6,12 @@ from crocoman.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HandShape, r
 from crocoman.synth.labelled import encode_labelled, write_labelled_shards
 from crocoman.synth.render import Rendering, Scene, render
 from crocoman.synth.shards import encode_group, write_pair_shards
-from crocoman.synth.skeleton import JOINT_NAMES, PARENTS, BodyModelParameters, BodyShape, Motion, forward_kinematics
+from crocoman.synth.skeleton import BodyModelParameters, BodyShape, Motion, forward_kinematics
 from crocoman.synth.world import PART_NAMES, Frame, Group, render_group
 
 __all__ = [
     "GESTURE_NAMES",
     "HAND_KEYPOINT_NAMES",
-    "JOINT_NAMES",
-    "PARENTS",
     "PART_NAMES",
     "BodyModelParameters",
     "BodyShape",

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from body.layouts import HAND_KEYPOINT_PARENTS, NUM_BETAS, SMPL_PARENTS, SMPLX_PARENTS
 from crocoman.synth.hand import (
     GESTURES,
-    HAND_PARENTS,
     HAND_PRIMITIVE_JOINTS,
     NUM_HAND_JOINTS,
     HandShape,
@@ -43,7 +43,7 @@ from crocoman.synth.hand import (
     hand_rest_offsets,
 )
 from crocoman.synth.render import Capsules, Ellipsoids
-from crocoman.synth.skeleton import JOINT_INDEX, NUM_BETAS, PARENTS, BodyShape, forward_kinematics, rest_offsets
+from crocoman.synth.skeleton import JOINT_INDEX, BodyShape, forward_kinematics, rest_offsets
 from crocoman.synth.surface import MeshTemplate, build_template, surface_vertices
 from crocoman.synth.world import PRIMITIVE_JOINTS, body_primitives
 
@@ -69,7 +69,7 @@ class Layout:
 
 
 def _body_rest(shape: BodyShape) -> tuple[torch.Tensor, Capsules, Ellipsoids]:
-    joints, rotations = forward_kinematics(torch.zeros(len(PARENTS), 3), rest_offsets(shape))
+    joints, rotations = forward_kinematics(torch.zeros(len(SMPL_PARENTS), 3), rest_offsets(shape))
     return (joints, *body_primitives(shape, joints, rotations))
 
 
@@ -82,12 +82,6 @@ _FINGER_FORWARD_M = (0.015, 0.004, -0.017, -0.007, 0.026)  # index, middle, pink
 _FINGER_FRACTIONS = ((1.0, 1.2, 1.35),) * 4 + ((0.3, 0.6, 0.9),)  # of wrist -> knuckles, per joint
 
 
-def _finger_parents(wrist: int, first: int) -> tuple[int, ...]:
-    """Parents of 5 fingers x 3 joints numbered from `first`, each finger hanging off the wrist."""
-    return tuple(wrist if joint % 3 == 0 else first + joint - 1 for joint in range(15))
-
-
-SMPLX_PARENTS = PARENTS[:22] + (15, 15, 15) + _finger_parents(20, 25) + _finger_parents(21, 40)
 
 
 def _smplx_rest(shape: BodyShape) -> tuple[torch.Tensor, Capsules, Ellipsoids]:
@@ -103,18 +97,18 @@ def _smplx_rest(shape: BodyShape) -> tuple[torch.Tensor, Capsules, Ellipsoids]:
 
 
 def _hand_rest(shape: HandShape) -> tuple[torch.Tensor, Capsules, Ellipsoids]:
-    zero_pose = torch.zeros(len(HAND_PARENTS), 3)
-    keypoints, rotations = forward_kinematics(zero_pose, hand_rest_offsets(shape), HAND_PARENTS)
+    zero_pose = torch.zeros(len(HAND_KEYPOINT_PARENTS), 3)
+    keypoints, rotations = forward_kinematics(zero_pose, hand_rest_offsets(shape), HAND_KEYPOINT_PARENTS)
     return (keypoints[:NUM_HAND_JOINTS], *hand_primitives(shape, keypoints, rotations))
 
 
 _BODY = dict(primitive_joints=PRIMITIVE_JOINTS, reference_shape=BodyShape(1, 1, 1, 1), sample_shape=BodyShape.sample)
 LAYOUTS = {  # keyed by smplx model_type
-    "smpl": Layout(num_vertices=6890, parents=PARENTS, rest=_body_rest, **_BODY),
+    "smpl": Layout(num_vertices=6890, parents=SMPL_PARENTS, rest=_body_rest, **_BODY),
     "smplx": Layout(num_vertices=10475, parents=SMPLX_PARENTS, rest=_smplx_rest, **_BODY),
     "mano": Layout(
         num_vertices=778,
-        parents=HAND_PARENTS[:NUM_HAND_JOINTS],
+        parents=HAND_KEYPOINT_PARENTS[:NUM_HAND_JOINTS],
         primitive_joints=HAND_PRIMITIVE_JOINTS,
         rest=_hand_rest,
         reference_shape=HandShape(1, 1, 1),

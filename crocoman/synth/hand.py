@@ -11,15 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from body.layouts import FINGERTIP_NAMES, HAND_KEYPOINT_NAMES, MANO_JOINT_NAMES
+from body.layouts import FINGERTIP_NAMES, HAND_KEYPOINT_NAMES, HAND_KEYPOINT_PARENTS, MANO_JOINT_NAMES
+from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from crocoman.synth.render import Capsules, Checker, Ellipsoids, Scene
-from crocoman.synth.skeleton import (
-    axis_angle_to_matrix,
-    camera_parameters,
-    forward_kinematics,
-    matrix_to_axis_angle,
-    padded_betas,
-)
+from crocoman.synth.skeleton import camera_parameters, forward_kinematics, padded_betas
 from crocoman.synth.world import (
     Frame,
     Group,
@@ -30,9 +25,7 @@ from crocoman.synth.world import (
     skin_clothing,
 )
 
-HAND_JOINT_NAMES, TIP_NAMES = MANO_JOINT_NAMES, FINGERTIP_NAMES  # the generated MANO file poses the joints
-HAND_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14, 15, 3, 6, 12, 9)  # keypoints, tips last
-NUM_HAND_JOINTS = len(HAND_JOINT_NAMES)
+NUM_HAND_JOINTS = len(MANO_JOINT_NAMES)  # the generated MANO file poses the joints, not the tips
 _INDEX = {name: index for index, name in enumerate(HAND_KEYPOINT_NAMES)}
 
 # Offset of each keypoint from its parent in the flat rest pose of an adult right hand.
@@ -47,10 +40,10 @@ _REST_OFFSETS_M = torch.tensor([
 ])  # fmt: skip
 # Keypoints whose offset is a finger segment (lengths scale with finger_scale); the others hang
 # off the wrist and span the palm.
-_FINGER_SEGMENTS = [index for index, parent in enumerate(HAND_PARENTS) if parent > 0]
+_FINGER_SEGMENTS = [index for index, parent in enumerate(HAND_KEYPOINT_PARENTS) if parent > 0]
 _FINGER_RADIUS_M = {"index": 0.0085, "middle": 0.0088, "ring": 0.0082, "pinky": 0.0072, "thumb": 0.011}
 _TAPER = (1.0, 0.92, 0.85)  # radius factor of the proximal, middle and distal segment
-_CHILD = {parent: child for child, parent in enumerate(HAND_PARENTS) if parent > 0}
+_CHILD = {parent: child for child, parent in enumerate(HAND_KEYPOINT_PARENTS) if parent > 0}
 # Palm: an ellipsoid riding the wrist, centre and semi-axes (its thickness, y, grows with girth).
 _PALM_CENTRE_M, _PALM_RADII_M = (0.048, -0.002, 0.006), (0.052, 0.016, 0.044)
 # The joint each primitive rides: 15 finger-segment capsules (joint -> child), then the palm.
@@ -95,7 +88,7 @@ def hand_primitives(
     primitive has its own part id (1..16, joint + 1) so parts stay tellable apart."""
     start = list(HAND_PRIMITIVE_JOINTS[:-1])
     radius = [
-        _FINGER_RADIUS_M[HAND_JOINT_NAMES[joint][:-1]] * _TAPER[(joint - 1) % 3] for joint in start
+        _FINGER_RADIUS_M[MANO_JOINT_NAMES[joint][:-1]] * _TAPER[(joint - 1) % 3] for joint in start
     ]
     capsules = Capsules(
         start_m=keypoints_m[start],
@@ -227,7 +220,7 @@ class _PosedHand:
 
 def _posed_hand(shape: HandShape, pose: torch.Tensor, clothing: Checker, environment: dict) -> _PosedHand:
     keypoints_m, rotations = forward_kinematics(
-        torch.cat([pose, torch.zeros(len(TIP_NAMES), 3)]), hand_rest_offsets(shape), HAND_PARENTS
+        torch.cat([pose, torch.zeros(len(FINGERTIP_NAMES), 3)]), hand_rest_offsets(shape), HAND_KEYPOINT_PARENTS
     )
     keypoints_m = keypoints_m + torch.tensor(_WRIST_WORLD_M)
     capsules, ellipsoids = hand_primitives(shape, keypoints_m, rotations)

@@ -15,10 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from body.layouts import DENSEPOSE_PART_NAMES
+from body.layouts import (
+    DENSEPOSE_PART_NAMES,
+    HAND_KEYPOINT_NAMES,
+    HAND_KEYPOINT_PARENTS,
+    SMPL_JOINT_NAMES,
+    SMPL_PARENTS,
+)
 from crocoman.checks import check_at_least
 from crocoman.synth.bodymodel import mesh_template
-from crocoman.synth.hand import GESTURE_NAMES, HAND_KEYPOINT_NAMES, HAND_PARENTS, HAND_PRIMITIVE_JOINTS, render_hand
+from crocoman.synth.hand import GESTURE_NAMES, HAND_PRIMITIVE_JOINTS, render_hand
 from crocoman.synth.render import hidden_from, primitive_local_coords
 from crocoman.synth.shards import (
     manifest_splits,
@@ -27,7 +33,6 @@ from crocoman.synth.shards import (
     total_bytes,
     write_sample_shards,
 )
-from crocoman.synth.skeleton import JOINT_NAMES, PARENTS
 from crocoman.synth.surface import cylindrical_coords, surface_vertices
 from crocoman.synth.world import PRIMITIVE_JOINTS, PRIMITIVE_PARTS, Frame, render_group
 from datamodules.format import (
@@ -127,8 +132,8 @@ def keypoint_visibility(frame: Frame, keypoints_2d_px: torch.Tensor, own: torch.
 
 
 _OWN_PRIMITIVES = {
-    "smpl": own_primitives(PARENTS, PRIMITIVE_JOINTS),
-    "mano": own_primitives(HAND_PARENTS, HAND_PRIMITIVE_JOINTS),
+    "smpl": own_primitives(SMPL_PARENTS, PRIMITIVE_JOINTS),
+    "mano": own_primitives(HAND_KEYPOINT_PARENTS, HAND_PRIMITIVE_JOINTS),
 }
 
 
@@ -219,7 +224,7 @@ def write_labelled_shards(
         "samples_per_shard": samples_per_shard,
         "body_model": "smpl" if body else "mano",
         "vertices": vertices,
-        "keypoints": list(JOINT_NAMES if body else HAND_KEYPOINT_NAMES),
+        "keypoints": list(SMPL_JOINT_NAMES if body else HAND_KEYPOINT_NAMES),
         **({"densepose_parts": list(DENSEPOSE_PART_NAMES)} if body else {"classes": list(GESTURE_NAMES)}),
         "splits": manifest_splits(shards, {split: {"samples": len(indices)} for split, indices in splits.items()},
                                   "samples"),

@@ -18,8 +18,7 @@ import torch
 from body.layouts import NUM_BETAS, SMPL_JOINT_NAMES, SMPL_PARENTS
 from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
-JOINT_NAMES, PARENTS = SMPL_JOINT_NAMES, SMPL_PARENTS
-JOINT_INDEX = {name: index for index, name in enumerate(JOINT_NAMES)}
+JOINT_INDEX = {name: index for index, name in enumerate(SMPL_JOINT_NAMES)}
 
 # Offset of each joint from its parent in the rest pose of a 1.72 m adult.
 _REST_OFFSETS_M = torch.tensor([
@@ -63,8 +62,8 @@ _DEFAULT_LIMIT_RAD = 0.5
 
 
 def _limit_tensors() -> tuple[torch.Tensor, torch.Tensor]:
-    low = torch.full((len(JOINT_NAMES), 3), -_DEFAULT_LIMIT_RAD)
-    high = torch.full((len(JOINT_NAMES), 3), _DEFAULT_LIMIT_RAD)
+    low = torch.full((len(SMPL_JOINT_NAMES), 3), -_DEFAULT_LIMIT_RAD)
+    high = torch.full((len(SMPL_JOINT_NAMES), 3), _DEFAULT_LIMIT_RAD)
     for name, (joint_low, joint_high) in _LIMITS_RAD.items():
         low[JOINT_INDEX[name]] = torch.tensor(joint_low)
         high[JOINT_INDEX[name]] = torch.tensor(joint_high)
@@ -125,7 +124,7 @@ def rest_offsets(shape: BodyShape) -> torch.Tensor:
 
 
 def forward_kinematics(
-    axis_angle: torch.Tensor, offsets_m: torch.Tensor, parents: tuple[int, ...] = PARENTS
+    axis_angle: torch.Tensor, offsets_m: torch.Tensor, parents: tuple[int, ...] = SMPL_PARENTS
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint positions (..., J, 3) and global rotations (..., J, 3, 3), root at the origin.
 
@@ -221,7 +220,7 @@ class Motion:
         phase = self.start_phase_rad + self.phase_step_rad * times.to(torch.float32)
         swing, counter = torch.sin(phase), torch.sin(phase + torch.pi)
         walk = self.walk_amount
-        pose = torch.zeros(len(times), len(JOINT_NAMES), 3)
+        pose = torch.zeros(len(times), len(SMPL_JOINT_NAMES), 3)
         pose[:, JOINT_INDEX["pelvis"], 1] = self.heading_rad + self.turn_rad * torch.sin(0.5 * phase)
         pose[:, JOINT_INDEX["pelvis"], 0] = 0.05 * walk
         for side, leg_swing, leg_phase in (("left", swing, phase), ("right", counter, phase + torch.pi)):
