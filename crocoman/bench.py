@@ -70,7 +70,7 @@ from crocoman.main import build
 from crocoman.provenance import git_commit
 from crocoman.synth.bodymodel import write_body_models
 from crocoman.synth.hand import GESTURE_NAMES
-from datamodules.mesh import HAS_KEYS as MESH_HAS_KEYS
+from datamodules.format import MESH_HAS_KEYS
 from heads import CompletionHead
 from heads.dense import NUM_PARTS
 from lightning_modules.finetune import FinetuneTask

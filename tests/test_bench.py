@@ -18,12 +18,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from backbone import CroCoNet, RandomMasking
 from body import BodyModel
-from datamodules.mesh import BODY_MODELS, HAS_KEYS
-from heads import CompletionHead
-from heads.dense import NUM_PARTS
 from crocoman import bench
 from crocoman.flops import CroCoDims, pretrain_step_flops
 from crocoman.synth.bodymodel import write_body_models
+from datamodules.format import MESH_HAS_KEYS
+from datamodules.mesh import BODY_MODELS
+from heads import CompletionHead
+from heads.dense import NUM_PARTS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -247,7 +248,7 @@ def test_synthetic_mesh_batch_keeps_the_mesh_datamodules_contract(model_type, bo
     batch = bench.mesh_batch(Module(), 3, 32, torch.Generator().manual_seed(0))
     assert batch["image"].shape == (3, 3, 32, 32) and batch[spec.pose_key].shape == (3, spec.pose_dim)
     assert batch["vertices"].shape == (3, spec.num_vertices, 3) and batch["betas"].shape == (3, 10)
-    assert all(batch["has"][name].all() for name in HAS_KEYS)
+    assert all(batch["has"][name].all() for name in MESH_HAS_KEYS)
     joints = batch["keypoints_3d"].shape[1]
     assert batch["keypoints_2d"].shape == (3, joints, 3) and batch["keypoints_3d"].shape == (3, joints, 4)
     assert (batch["vertices"][..., 2] > 0).all()
