@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules import safe_pickle
 from crocoman.convert.common import (
     SkipSample,
     add_pair_arguments,
@@ -42,6 +41,7 @@ from crocoman.convert.common import (
     windows,
 )
 from crocoman.convert.video import decode_frames
+from datamodules import safe_pickle
 
 COCO_KEYPOINTS = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",

@@ -29,7 +29,6 @@ import torch
 
 from body.layouts import SMPL_JOINT_NAMES
 from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from datamodules import safe_pickle
 from crocoman.convert.common import (
     SkipSample,
     crop_person,
@@ -39,6 +38,7 @@ from crocoman.convert.common import (
     transform_points,
 )
 from crocoman.convert.labelled import cached_body_model, crop_bbox, draw_labelled, labelled_sample, load_body_model
+from datamodules import safe_pickle
 
 SPLITS = {"train": "train", "validation": "val", "test": "test"}  # 3DPW folder -> our split
 # OpenPose's COCO-18 order of `poses2d`.
