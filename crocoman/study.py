@@ -39,10 +39,10 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw, ImageFont
 
-from lightning_modules.probes import OnlineProbes
 from crocoman.main import main as crocoman
 from crocoman.provenance import git_commit
 from crocoman.synth import write_body_models, write_labelled_shards, write_pair_shards
+from lightning_modules.probes import OnlineProbes
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "configs" / "study"
