@@ -8,11 +8,12 @@ from heads.classify import ClassificationHead
 from heads.completion import CompletionHead, patchify, unpatchify
 from heads.dense import DenseHead
 from heads.joint_maps import JointMapHead
+from heads.mesh_head import MeshHead
 from heads.parametric import ParametricHead
 from heads.vertex import VertexHead
 
-__all__ = ["ClassificationHead", "CompletionHead", "DenseHead", "Head", "JointMapHead", "ParametricHead", "VertexHead",
-           "patchify", "unpatchify"]
+__all__ = ["ClassificationHead", "CompletionHead", "DenseHead", "Head", "JointMapHead", "MeshHead", "ParametricHead",
+           "VertexHead", "patchify", "unpatchify"]
 
 _MOVED = {"BodyModel": "body", "weak_perspective_to_translation": "body.camera"}
 

@@ -127,6 +127,10 @@ class DenseHead(Head):
             path = fuse(level_map, path)
         return self.neck(path)
 
+    def run(self, backbone: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """The head's output for (B, 3, H, W) ``images``, from the backbone's tokens at ``self.layers``."""
+        return self(backbone.features(images, self.layers), backbone.image_grid(images))
+
     def forward(self, features: list[Tensor], grid: tuple[int, int]) -> dict[str, Tensor]:
         """``features``: the backbone's (B, rows*cols, D) tokens at ``self.layers``; ``grid``: (rows, cols)."""
         size = (grid[0] * self.patch_size, grid[1] * self.patch_size)

@@ -3,7 +3,9 @@
 Every term is one value per sample, weighted by per-joint confidences where the labels have them,
 and averaged over the samples whose ``has_*`` flag is set: datasets with only 2D keypoints,
 pseudo-labelled parameters or full 3D share one batch, and a batch without any sample of a kind
-contributes an exact zero for that term (not a NaN).
+contributes an exact zero for that term (not a NaN). They live with the heads because a head names
+its own terms (``heads.mesh_head.MeshHead.loss_terms``); the mesh task uses the keypoint and vertex
+terms on every head's mesh.
 """
 
 import torch
@@ -16,24 +18,27 @@ def masked_mean(per_sample: Tensor, has: Tensor) -> Tensor:
     return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def confidence_mean(per_joint: Tensor, confidence: Tensor) -> Tensor:
+    """(B, J) per-joint errors -> (B,) their mean weighted by the labels' (B, J) confidences; 0 for a
+    sample with no confident joint."""
+    return (per_joint * confidence).sum(-1) / confidence.sum(-1).clamp_min(1e-6)
+
+
 def keypoint_2d_loss(pred_px: Tensor, target: Tensor, image_size: int) -> Tensor:
     """Confidence-weighted L1 between projected and labelled keypoints, in units of the crop side.
 
     target: (B, J, 3) pixels + confidence. Dividing by the crop side makes the term independent of
     the input resolution, so YAML weights carry over between 128 px demos and 256 px runs.
     """
-    confidence = target[..., 2]
     error = (pred_px - target[..., :2]).abs().sum(-1) / image_size
-    return (error * confidence).sum(-1) / confidence.sum(-1).clamp_min(1e-6)
+    return confidence_mean(error, target[..., 2])
 
 
 def keypoint_3d_loss(pred: Tensor, target: Tensor, root: int = 0) -> Tensor:
     """Confidence-weighted L1 of root-relative 3D joints, in metres: (B, J, 3) vs (B, J, 4)."""
-    confidence = target[..., 3]
     pred = pred - pred[:, root:root + 1]
     points = target[..., :3] - target[:, root:root + 1, :3]
-    error = (pred - points).abs().sum(-1)
-    return (error * confidence).sum(-1) / confidence.sum(-1).clamp_min(1e-6)
+    return confidence_mean((pred - points).abs().sum(-1), target[..., 3])
 
 
 def vertex_loss(pred: Tensor, target: Tensor) -> Tensor:

@@ -16,10 +16,11 @@ from torch import Tensor, nn
 
 from backbone.blocks import DecoderBlock
 from body.camera import MEAN_CAMERA
-from body.layouts import POSE_JOINTS
-from body.model import ModelType
-from body.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix
-from heads.base import Head
+from body.layouts import POSE_JOINTS, POSE_NAME
+from body.model import BodyModel, ModelType
+from body.rotations import axis_angle_to_matrix, matrix_to_rotation_6d, rotation_6d_to_matrix
+from heads.mesh_head import PosedMeshHead, SkeletonLabeller, require_body_model
+from heads.mesh_losses import masked_mean, pose_prior, rotation_loss
 
 UPRIGHT = torch.diag(torch.tensor([1.0, -1.0, -1.0]))  # 180 deg about x: body y-up -> OpenCV camera y-down, facing it
 _OUTPUT_GAIN = 0.01  # output layers start near zero: the first predictions are the mean
@@ -122,7 +123,7 @@ def mean_parameters(path: str | None, num_joints: int, num_betas: int) -> tuple[
     return pose[:num_joints].transpose(1, 2).flatten(), betas, camera
 
 
-class ParametricHead(Head):
+class ParametricHead(PosedMeshHead):
     """Encoder tokens -> global orientation, pose, betas and a weak-perspective camera.
 
     One query token, embedded from the current estimate (6D rotations, betas, camera), attends
@@ -131,7 +132,9 @@ class ParametricHead(Head):
     ty`` and ``s`` act on the body model's output frame (``BodyModel``: no translation).
 
     Output (``forward``): ``global_orient`` (B, 1, 3, 3), ``pose`` (B, P, 3, 3) rotation matrices
-    (P = 23 SMPL, 21 SMPL-X body, 15 MANO), ``betas`` (B, num_betas), ``camera`` (B, 3).
+    (P = 23 SMPL, 21 SMPL-X body, 15 MANO), ``betas`` (B, num_betas), ``camera`` (B, 3); ``mesh``
+    poses the task's body model with them. Its own loss terms: ``params`` (rotations and betas
+    towards labelled parameters) and ``prior`` (``pose_prior``).
 
     Args:
         model_type: ``smpl``, ``smplx`` or ``mano``: how many pose rotations to regress.
@@ -190,3 +193,20 @@ class ParametricHead(Head):
             camera = camera + self.camera_out(token)
         rotations = rotation_6d_to_matrix(pose.reshape(batch, -1, 6))
         return {"global_orient": rotations[:, :1], "pose": rotations[:, 1:], "betas": betas, "camera": camera}
+
+    def mesh(self, out: dict[str, Tensor], body_model: BodyModel | None, K: Tensor,
+             image_size: int) -> dict[str, Tensor]:
+        body_model = require_body_model(self, body_model, "body-model parameters")
+        vertices, joints = body_model(out["global_orient"], out["pose"], out["betas"])
+        return out | {"vertices": vertices, "joints": joints}
+
+    def loss_terms(self, out: dict[str, Tensor], batch: dict, skeleton: SkeletonLabeller) -> dict[str, Tensor]:
+        """``params``: squared distances of the rotations and betas to the labelled ones (samples with
+        parameters); ``prior``: rotations near rest and shape near the mean, over every sample."""
+        pose_joints = out["pose"].shape[1]
+        pose = batch[POSE_NAME[self.model_type]][:, :3 * pose_joints].unflatten(1, (pose_joints, 3))
+        params = (rotation_loss(out["global_orient"], axis_angle_to_matrix(batch["global_orient"])[:, None])
+                  + rotation_loss(out["pose"], axis_angle_to_matrix(pose))
+                  + (out["betas"] - batch["betas"]).pow(2).mean(-1))
+        return {"params": masked_mean(params, batch["has"]["params"]),
+                "prior": pose_prior(out["pose"], out["betas"]).mean()}

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from body.camera import MEAN_CAMERA
 from body.model import BodyModel, ModelType
-from heads.base import Head
+from heads.mesh_head import MeshHead
 from heads.parametric import UPRIGHT, TokenDecoder, init_linear_layers, init_output_layer
 
 DEFAULT_COARSE = {"smpl": 431, "smplx": 655, "mano": 195}  # METRO's SMPL / MANO sizes; SMPL-X scaled alike
@@ -55,7 +55,7 @@ def kinematic_neighbours(parents: Tensor) -> Tensor:
     return adjacent
 
 
-class VertexHead(Head):
+class VertexHead(MeshHead):
     """Encoder tokens -> full mesh, coarse mesh, joints and a weak-perspective camera.
 
     Each coarse vertex has a query (its template position, embedded, plus a learned embedding);
@@ -66,7 +66,8 @@ class VertexHead(Head):
     Output (``forward``), metres, camera orientation (OpenCV axes), relative to the root joint
     (pelvis; wrist for MANO): ``vertices`` (B, V, 3), ``coarse_vertices`` (B, num_coarse, 3),
     ``joints`` (B, J, 3), the same joints as ``BodyModel`` (regressed from the vertices), and
-    ``camera`` (B, 3), ``(s, tx, ty)`` as in ``body.camera``, acting on these root-relative points.
+    ``camera`` (B, 3), ``(s, tx, ty)`` as in ``body.camera``, acting on these root-relative points:
+    already the mesh (``mesh``), with no body-model parameters and no loss terms of its own.
 
     Buffers (persistent): ``coarse_index`` (num_coarse,) template vertices kept in the coarse mesh,
     ``template_coarse`` (num_coarse, 3), ``upsample_index`` and ``upsample_weight`` (V, neighbours),
@@ -145,3 +146,7 @@ class VertexHead(Head):
         root = joints[:, :1]
         return {"vertices": vertices - root, "coarse_vertices": coarse - root, "joints": joints - root,
                 "camera": camera}
+
+    def mesh(self, out: dict[str, Tensor], body_model: BodyModel | None, K: Tensor,
+             image_size: int) -> dict[str, Tensor]:
+        return out

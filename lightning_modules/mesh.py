@@ -1,35 +1,26 @@
 """Body and hand mesh recovery, model-based (SMPL / SMPL-X / MANO through smplx) or model-free.
 
-The head decides which: ``heads.ParametricHead`` regresses body-model parameters, which the
-module's ``body_model`` turns into vertices and joints; ``heads.JointMapHead`` regresses joints,
-which the body model's inverse kinematics turns into parameters; ``heads.VertexHead`` regresses
-the vertices itself. Everything after that (camera, metrics, pictures, predictions) is shared, so
-bodies and hands, parametric or not, differ only in YAML.
+The head decides which (``heads.mesh_head.MeshHead``): ``heads.ParametricHead`` regresses
+body-model parameters, which the module's ``body_model`` turns into vertices and joints;
+``heads.JointMapHead`` regresses joints, which the body model's inverse kinematics turns into
+parameters; ``heads.VertexHead`` regresses the vertices itself; each names the loss terms only it
+has. Everything after that (camera, joint matching, keypoint and vertex terms, metrics, pictures,
+predictions) is shared, so bodies and hands, parametric or not, differ only in YAML.
 """
 
-from functools import cached_property
+from functools import cached_property, partial
 
-import torch
 from lightning import LightningDataModule
 from torch import Tensor
 from torchmetrics import MetricCollection
 from torchvision.utils import make_grid
 
-from body.camera import fit_weak_perspective, project, weak_perspective_to_translation
+from body.camera import project, weak_perspective_to_translation
 from body.model import BodyModel
-from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_fitting
-from heads.dense import DenseHead
-from heads.joint_maps import JointMapHead
-from heads.parametric import UPRIGHT
+from body.rotations import axis_angle_to_matrix
+from heads.mesh_head import MeshHead, SkeletonLabels
+from heads.mesh_losses import keypoint_2d_loss, keypoint_3d_loss, masked_mean, vertex_loss
 from lightning_modules.finetune import FinetuneTask
-from lightning_modules.mesh_losses import (
-    keypoint_2d_loss,
-    keypoint_3d_loss,
-    masked_mean,
-    pose_prior,
-    rotation_loss,
-    vertex_loss,
-)
 from lightning_modules.mesh_metrics import FScore, MeanPointError
 from lightning_modules.mesh_render import draw_keypoints, overlay_mesh
 from lightning_modules.visualize import log_picture
@@ -57,13 +48,16 @@ class MeshRecoveryModule(FinetuneTask):
     meshes over the first validation images (``val/meshes``).
 
     Args:
-        body_model: ``body.BodyModel`` (smpl / smplx / mano). Required with ``ParametricHead``;
-            with ``VertexHead`` optional: it then turns labelled parameters into target vertices.
+        head: a ``heads.mesh_head.MeshHead``.
+        body_model: ``body.BodyModel`` (smpl / smplx / mano). Required with ``ParametricHead`` and
+            ``JointMapHead``; with ``VertexHead`` optional: it then turns labelled parameters into
+            target vertices.
         root_joint: among the joints compared, the one 3D errors are taken relative to (pelvis, wrist).
         keypoints_2d_weight, keypoints_3d_weight, vertices_weight, params_weight, prior_weight:
-            loss weights; a term's samples are those whose ``has`` flag is set. A ``JointMapHead``
-            trains on two terms of its own, its heatmaps and its location maps, weighted by the
-            first two (``joint_map_losses``).
+            loss weights, each of the term of its name (the head's own terms included:
+            ``ParametricHead``'s ``params`` and ``prior``; a ``JointMapHead`` trains on two terms of
+            its own, its heatmaps and its location maps, named and weighted as the keypoint terms);
+            a term's samples are those whose ``has`` flag is set.
         body_frame_3d: compare 3D joints and vertices as if the prediction had the labelled global
             orientation (samples with parameters; parametric heads): the 3D terms then supervise the
             pose alone, and the orientation learns from its own rotation term and the 2D keypoints.
@@ -75,6 +69,8 @@ class MeshRecoveryModule(FinetuneTask):
             ``pretrained`` and optimiser arguments of ``CrocoTask``.
     """
 
+    head: MeshHead
+
     def __init__(self, *args, body_model: BodyModel | None = None, root_joint: int = 0,
                  keypoints_2d_weight: float = 1.0, keypoints_3d_weight: float = 1.0,
                  vertices_weight: float = 1.0, params_weight: float = 0.1, prior_weight: float = 1e-3,
@@ -83,10 +79,8 @@ class MeshRecoveryModule(FinetuneTask):
         super().__init__(*args, **kwargs)
         self.body_model = body_model
         self.label_names: tuple[str, ...] | None = None
-        if isinstance(self.head, JointMapHead) and body_model is not None:
-            rest = body_model.rest_joints()[:self.head.num_joints]
-            rest = rest - rest[:1]
-            self.head.mean_joints.copy_(torch.cat((rest, rest @ UPRIGHT.T), dim=1))
+        if body_model is not None:
+            self.head.attach_body_model(body_model)
 
     def configure_from_data(self, datamodule: LightningDataModule | None) -> None:
         self.label_names = getattr(datamodule, "keypoint_names", None)
@@ -135,46 +129,17 @@ class MeshRecoveryModule(FinetuneTask):
         return self.body_model.faces if self.body_model is not None else self.head.faces
 
     def forward(self, images: Tensor, K: Tensor) -> dict[str, Tensor]:
-        """Head outputs plus ``vertices``, ``joints`` (model frame), ``translation`` (B, 3) into the
+        """The head's mesh (``heads.mesh_head.MeshHead.mesh``) plus ``translation`` (B, 3) into the
         camera and the projected ``keypoints_2d`` (B, J, 2) in pixels of the input."""
-        if isinstance(self.head, DenseHead):
-            out = dict(self.head(self.backbone.features(images, self.head.layers), self.backbone.image_grid(images)))
-        else:
-            out = dict(self.head(*self.backbone.encode(images)))
-        if "joints_body" in out:
-            out |= self.mesh_from_joints(out, K, images.shape[-1])
-        if "vertices" not in out:
-            if self.body_model is None:
-                raise ValueError(f"{type(self.head).__name__} regresses body-model parameters: give the module a "
-                                 f"body_model (body.BodyModel with model_type and model_path)")
-            out["vertices"], out["joints"] = self.body_model(out["global_orient"], out["pose"], out["betas"])
+        out = self.head.mesh(self.head.run(self.backbone, images), self.body_model, K, images.shape[-1])
         out["translation"] = weak_perspective_to_translation(out["camera"], K[:, 0, 0], images.shape[-1])
         out["keypoints_2d"] = project(out["joints"] + out["translation"][:, None], K)
         return out
 
-    def mesh_from_joints(self, out: dict[str, Tensor], K: Tensor, image_size: int) -> dict[str, Tensor]:
-        """Body-model parameters, mesh and camera for a head that predicts joints (``JointMapHead``):
-        the pose by the body model's inverse kinematics on the body-frame joints (mean shape), the
-        global orientation turned by the rotation that best lays them onto the camera-frame joints,
-        the camera that lays the posed joints onto the predicted 2D ones. Nothing here has a
-        gradient: the maps learn from their own terms (``joint_map_losses``)."""
-        if self.body_model is None:
-            raise ValueError(f"{type(self.head).__name__} regresses joints: give the module a body_model "
-                             f"(body.BodyModel) to pose a mesh on them")
-        with torch.no_grad(), torch.autocast(K.device.type, enabled=False):  # SVDs: float32
-            body, camera_frame = out["joints_body"].float(), out["joints_camera"].float()
-            global_orient, pose = self.body_model.inverse_kinematics(body)
-            heading = rotation_fitting(body - body[:, :1], camera_frame - camera_frame[:, :1])
-            global_orient = heading[:, None] @ global_orient
-            betas = global_orient.new_zeros(len(global_orient), self.body_model.num_betas)
-            vertices, joints = self.body_model(global_orient, pose, betas)
-            camera = fit_weak_perspective(joints[:, :body.shape[1]], out["keypoints_px"].float(), K.float(), image_size)
-        return {"global_orient": global_orient, "pose": pose, "betas": betas, "vertices": vertices,
-                "joints": joints, "camera": camera}
-
-    def skeleton_labels(self, batch: dict, count: int) -> tuple[Tensor, Tensor]:
+    def skeleton_labels(self, batch: dict, count: int) -> SkeletonLabels:
         """The labelled 2D (B, count, 3) and 3D (B, count, 4) keypoints of the model's first ``count``
-        joints (its skeleton), in its order; skeleton joints without a label get confidence 0."""
+        joints (its skeleton), in its order, and the root among them; skeleton joints without a label
+        get confidence 0."""
         labels, joints = self.joint_pairs or (list(range(count)), list(range(count)))
         kept = [(label, joint) for label, joint in zip(labels, joints) if joint < count]
         labels, joints = [label for label, _ in kept], [joint for _, joint in kept]
@@ -182,29 +147,7 @@ class MeshRecoveryModule(FinetuneTask):
         keypoints_3d = batch["keypoints_3d"].new_zeros(len(batch["image"]), count, 4)
         keypoints_2d[:, joints] = batch["keypoints_2d"][:, labels]
         keypoints_3d[:, joints] = batch["keypoints_3d"][:, labels]
-        return keypoints_2d, keypoints_3d
-
-    def joint_map_losses(self, out: dict[str, Tensor], batch: dict) -> dict[str, Tensor]:
-        """A joint-map head's terms: heatmaps towards the labelled 2D keypoints (``keypoints_2d``
-        weight) and location maps towards the root-relative 3D joints (``keypoints_3d`` weight) in
-        the camera's frame and, for samples with parameters, in the body's (the labelled global
-        orientation undone), each over the joints labelled with confidence."""
-        hp, has = self.hparams, batch["has"]
-        keypoints_2d, keypoints_3d = self.skeleton_labels(batch, out["joints_body"].shape[1])
-        root = self.root_indices()[1]
-        camera_frame = keypoints_3d[..., :3] - keypoints_3d[:, root:root + 1, :3]
-        body = camera_frame @ axis_angle_to_matrix(batch["global_orient"]).to(camera_frame.dtype)
-        heatmaps, squared = self.head.losses(out, keypoints_2d[..., :2], torch.cat((body, camera_frame), dim=-1))
-        seen_2d, seen_3d = keypoints_2d[..., 2], keypoints_3d[..., 3] * keypoints_3d[:, root:root + 1, 3]
-
-        def per_sample(term: Tensor, confidence: Tensor) -> Tensor:
-            return (term * confidence).sum(1) / confidence.sum(1).clamp_min(1e-6)
-
-        locations = (masked_mean(per_sample(squared[..., 0], seen_3d), has["keypoints_3d"] & has["params"])
-                     + masked_mean(per_sample(squared[..., 1], seen_3d), has["keypoints_3d"]))
-        return {"keypoints_2d": hp.keypoints_2d_weight * masked_mean(per_sample(heatmaps, seen_2d),
-                                                                     has["keypoints_2d"]),
-                "keypoints_3d": hp.keypoints_3d_weight * locations}
+        return SkeletonLabels(keypoints_2d, keypoints_3d, self.root_indices()[1])
 
     def targets(self, batch: dict) -> tuple[Tensor | None, Tensor | None]:
         """Root-relative target vertices in the prediction's topology and which samples have them.
@@ -231,43 +174,42 @@ class MeshRecoveryModule(FinetuneTask):
 
     def losses(self, out: dict[str, Tensor], batch: dict,
                targets: tuple[Tensor | None, Tensor | None]) -> dict[str, Tensor]:
-        """Loss terms; ``targets`` is ``self.targets(batch)``, computed once per batch by the caller
-        (evaluation scores the same target vertices)."""
-        if "joints_body" in out:
-            return self.joint_map_losses(out, batch)
+        """Weighted loss terms: the keypoint and vertex terms on the mesh (for a head trained through
+        it), then the head's own; ``targets`` is ``self.targets(batch)``, computed once per batch by
+        the caller (evaluation scores the same target vertices)."""
+        terms = self.mesh_terms(out, batch, targets) if self.head.trained_through_mesh else {}
+        terms |= self.head.loss_terms(out, batch, partial(self.skeleton_labels, batch))
+        return {name: self.hparams[f"{name}_weight"] * term for name, term in terms.items()}
+
+    def mesh_terms(self, out: dict[str, Tensor], batch: dict,
+                   targets: tuple[Tensor | None, Tensor | None]) -> dict[str, Tensor]:
+        """Unweighted ``keypoints_2d`` (projected), ``keypoints_3d`` and ``vertices`` (root-relative)
+        terms of the predicted mesh against the labels it shares joints with."""
         hp, has = self.hparams, batch["has"]
         pred_joints, pred_vertices = out["joints"], out["vertices"]
-        if hp.body_frame_3d and "global_orient" in out:
-            align = self.labelled_orientation(out, batch)
+        orientation = self.head.orientation(out)
+        if hp.body_frame_3d and orientation is not None:
+            align = self.labelled_orientation(orientation, batch)
             pred_joints, pred_vertices = pred_joints @ align.mT, pred_vertices @ align.mT
+        image_size = batch["image"].shape[-1]
         terms = {
-            "keypoints_2d": hp.keypoints_2d_weight * masked_mean(
-                keypoint_2d_loss(*self.shared_joints(out["keypoints_2d"], batch["keypoints_2d"]),
-                                 batch["image"].shape[-1]), has["keypoints_2d"]),
-            "keypoints_3d": hp.keypoints_3d_weight * masked_mean(
+            "keypoints_2d": masked_mean(
+                keypoint_2d_loss(*self.shared_joints(out["keypoints_2d"], batch["keypoints_2d"]), image_size),
+                has["keypoints_2d"]),
+            "keypoints_3d": masked_mean(
                 keypoint_3d_loss(*self.shared_joints(pred_joints, batch["keypoints_3d"]), hp.root_joint),
                 has["keypoints_3d"]),
         }
         target_vertices, has_vertices = targets
         if target_vertices is not None:
             pred_vertices = pred_vertices - pred_joints[:, self.root_indices()[1]][:, None]
-            terms["vertices"] = hp.vertices_weight * masked_mean(vertex_loss(pred_vertices, target_vertices),
-                                                                 has_vertices)
-        if "pose" in out:
-            pose_joints = out["pose"].shape[1]
-            pose = batch[self.body_model.pose_name][:, :3 * pose_joints].unflatten(1, (pose_joints, 3))
-            params = (rotation_loss(out["global_orient"], axis_angle_to_matrix(batch["global_orient"])[:, None])
-                      + rotation_loss(out["pose"], axis_angle_to_matrix(pose))
-                      + (out["betas"] - batch["betas"]).pow(2).mean(-1))
-            terms["params"] = hp.params_weight * masked_mean(params, has["params"])
-            terms["prior"] = hp.prior_weight * pose_prior(out["pose"], out["betas"]).mean()
+            terms["vertices"] = masked_mean(vertex_loss(pred_vertices, target_vertices), has_vertices)
         return terms
 
     @staticmethod
-    def labelled_orientation(out: dict[str, Tensor], batch: dict) -> Tensor:
-        """(B, 3, 3) rotation taking the predicted global orientation to the labelled one (identity
-        for samples without parameters): applied to predicted points, it swaps the orientation."""
-        predicted = out["global_orient"][:, 0]
+    def labelled_orientation(predicted: Tensor, batch: dict) -> Tensor:
+        """(B, 3, 3) rotation taking the ``predicted`` global orientation (B, 3, 3) to the labelled one
+        (identity for samples without parameters): applied to predicted points, it swaps the orientation."""
         labelled = axis_angle_to_matrix(batch["global_orient"]).to(predicted.dtype)
         labelled = labelled.where(batch["has"]["params"][:, None, None], predicted)
         return labelled @ predicted.mT
@@ -317,15 +259,11 @@ class MeshRecoveryModule(FinetuneTask):
         return make_grid(tiles, nrow=2, padding=2, pad_value=1.0)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Camera-frame vertices and joints, projected keypoints and, for parametric heads,
-        axis-angle parameters: what ``callbacks.MeshPredictionWriter`` writes per image."""
+        """Camera-frame vertices and joints, projected keypoints and, for heads with body-model
+        parameters, those in axis-angle: what ``callbacks.MeshPredictionWriter`` writes per image."""
         out = self(batch["image"], batch["K"])
         prediction = {"key": batch["key"], "image": batch["image"], "K": batch["K"],
                       "vertices": out["vertices"] + out["translation"][:, None],
                       "joints": out["joints"] + out["translation"][:, None],
                       "keypoints_2d": out["keypoints_2d"], "translation": out["translation"], "faces": self.faces}
-        if "pose" in out:
-            prediction |= {"global_orient": matrix_to_axis_angle(out["global_orient"][:, 0]),
-                           self.body_model.pose_name: matrix_to_axis_angle(out["pose"]).flatten(1),
-                           "betas": out["betas"]}
-        return prediction
+        return prediction | self.head.body_parameters(out)

@@ -12,16 +12,17 @@ from lightning import Trainer, seed_everything
 from PIL import Image
 
 from backbone import CroCoNet
-from body.camera import project
+from body.camera import MEAN_CAMERA, project
 from body.layouts import SMPL_JOINT_NAMES
 from body.model import BodyModel
 from body.rotations import axis_angle_to_matrix
 from datamodules import MeshDataModule
 from datamodules.hmr_tars import HMR_BODY_KEYPOINTS
 from heads.joint_maps import JointMapHead
+from heads.mesh_head import MeshHead
+from heads.mesh_losses import keypoint_2d_loss, keypoint_3d_loss, masked_mean, pose_prior
 from heads.parametric import ParametricHead
 from lightning_modules import MeshRecoveryModule
-from lightning_modules.mesh_losses import keypoint_2d_loss, keypoint_3d_loss, masked_mean, pose_prior
 from lightning_modules.mesh_metrics import MeanPointError
 from tests.conftest import REPO
 from tests.test_gesture import ON_CPU, TINY_MODEL, data_args
@@ -269,6 +270,52 @@ def test_body_frame_3d_terms_ignore_only_a_wrong_global_orientation(body_model_r
     assert wrong_orientation["params"] > 0.1
     wrong_pose = terms(labelled_orient, pose + 0.5)
     assert wrong_pose["keypoints_3d"] > 0.05 and wrong_pose["vertices"] > 0.02
+
+
+class ScaledTemplateHead(MeshHead):
+    """A head the module knows only through the interface: the rest body at a learned scale, with a loss term
+    of its own (named ``prior``, so it takes that weight)."""
+
+    model_type = "smpl"
+
+    def bind(self, backbone: torch.nn.Module) -> None:
+        self.scale = torch.nn.Parameter(torch.tensor(1.2))
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"scale": self.scale.expand(len(tokens))}
+
+    def mesh(self, out, body_model, K, image_size):
+        count = len(out["scale"])
+        rest = torch.eye(3).expand(count, 1 + body_model.num_pose_joints, 3, 3)
+        vertices, joints = body_model(rest[:, :1], rest[:, 1:], torch.zeros(count, body_model.num_betas))
+        scale = out["scale"][:, None, None]
+        return out | {"vertices": scale * vertices, "joints": scale * joints,
+                      "camera": torch.tensor(MEAN_CAMERA).expand(count, 3)}
+
+    def loss_terms(self, out, batch, skeleton):
+        return {"prior": (out["scale"] - 1).pow(2).mean()}
+
+
+def test_a_new_head_trains_through_the_interface_alone(body_model_root):
+    """The module's keypoint and vertex terms on a new head's mesh and the head's own term, weighted by its
+    name, all reach the head; predictions carry no parameters for a head that has none."""
+    torch.manual_seed(0)
+    body_model = BodyModel("smpl", str(body_model_root))
+    backbone = CroCoNet(img_size=32, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                        decoder_num_heads=2)
+    module = MeshRecoveryModule(backbone, ScaledTemplateHead(), body_model=body_model, prior_weight=0.5)
+    orient, pose = torch.randn(2, 3), 0.3 * torch.randn(2, 69)
+    batch = labelled_batch(orient, pose, parametric_outputs(body_model, orient, pose)["joints"][:, :24])
+    batch |= {"K": torch.tensor([[40.0, 0, 16], [0, 40, 16], [0, 0, 1]]).expand(2, 3, 3),
+              "keypoints_2d": torch.cat([torch.full((2, 24, 2), 16.0), torch.ones(2, 24, 1)], dim=-1),
+              "has": batch["has"] | {"vertices": torch.zeros(2, dtype=torch.bool)}}
+    terms = module.losses(module(batch["image"], batch["K"]), batch, module.targets(batch))
+    assert list(terms) == ["keypoints_2d", "keypoints_3d", "vertices", "prior"]
+    assert terms["prior"].item() == pytest.approx(0.5 * 0.2**2)
+    for name, term in terms.items():
+        assert torch.autograd.grad(term, module.head.scale, retain_graph=True)[0] != 0, name
+    prediction = module.predict_step({**batch, "key": ["a", "b"]}, 0)
+    assert prediction["vertices"].shape == (2, 6890, 3) and "body_pose" not in prediction
 
 
 # 4D-Humans' map from SMPL's 45 smplx joints to OpenPose BODY_25 (hmr2/models/smpl_wrapper.py), written out
