@@ -367,6 +367,7 @@ def execute(run: Run, dry_run: bool, weights_needed: bool) -> dict | None:
     metrics_path = run.directory / "metrics.json"
     metrics_path.unlink(missing_ok=True)
     print(f"study: {run.key}: training ({config_path})", flush=True)
+    commit = git_commit()  # the code on disk as the run starts (modules a run imports first are read then)
     started = time.perf_counter()
     try:
         crocoman(["fit", "-c", str(config_path)])
@@ -378,7 +379,7 @@ def execute(run: Run, dry_run: bool, weights_needed: bool) -> dict | None:
         raise RuntimeError(f"{run.key}: fit ended without {metrics_path}; see the log above and {run.directory}")
     finished = json.loads(metrics_path.read_text())
     result = {"key": run.key, "arm": run.arm, "seed": run.seed, "model": run.model, "digest": run.digest,
-              "commit": git_commit(), "wall_seconds": round(time.perf_counter() - started, 1), **finished}
+              "commit": commit, "wall_seconds": round(time.perf_counter() - started, 1), **finished}
     if run.task is None:  # a pretraining: the probes before its first step (the random encoder) and at its end
         if len(finished["probes"]) < 2:
             raise RuntimeError(f"{run.key}: the online probes measured {len(finished['probes'])} time(s), expected "
