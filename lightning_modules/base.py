@@ -1,25 +1,28 @@
-"""The shared base of every crocoman task: backbone + head, pretrained weights, optimisation.
+"""The shared base of every crocoman task: backbone + head, pretrained weights, the step, optimisation.
 
-Subclasses only say what differs (their losses, metrics and steps); the optimiser recipe is
-CroCo's for every task: AdamW without weight decay on norms, biases and tokens, base LR scaled
-by the effective global batch / 256, linear warmup then half-cycle cosine, per step.
+Subclasses only say what differs (their losses, metrics and pictures, as hooks of one step
+template); the optimiser recipe is CroCo's for every task: AdamW without weight decay on norms,
+biases and tokens, base LR scaled by the effective global batch / 256, linear warmup then
+half-cycle cosine, per step.
 """
 
 import math
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from lightning import LightningModule
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from timm.optim import param_groups_weight_decay
-from torch import nn
+from torch import Tensor, nn
 from torch.distributed._composable import checkpoint
 from torch.distributed.fsdp import fully_shard
 
 from backbone.weights import load_croco
 from heads.base import Head
 from lightning_modules.rng import every_rank_state, restore_rank_state
+from lightning_modules.visualize import log_picture
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -38,8 +41,22 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Call
     return factor
 
 
+class StepOutput(NamedTuple):
+    """What a task's ``forward_batch`` gives the shared step."""
+
+    loss: Tensor
+    terms: dict[str, Tensor]  # logged beside the loss: loss/<name> in training, <stage>/loss/<name> in evaluation
+    outputs: Any  # what the task's metrics and pictures read
+
+
 class CrocoTask(LightningModule):
-    """Owns the backbone, the head and the optimiser.
+    """Owns the backbone, the head, the step and the optimiser.
+
+    Training, validation and test steps are one template (``shared_step``): the task's
+    ``forward_batch`` gives the loss and its terms, which are logged (``loss``, ``loss/<term>``;
+    ``val/loss``, ``val/loss/<term>`` ... synchronised over ranks), ``update_metrics`` feeds the
+    stage's metrics, and on rank 0 ``pictures`` draws what ``picture_due`` says is due (by default the
+    first batch of each validation, ``picture_stages``).
 
     Args:
         backbone: the shared network (``backbone.CroCoNet``).
@@ -58,6 +75,8 @@ class CrocoTask(LightningModule):
             memory (large models, big batches). Works with every strategy; under FSDP2 the blocks are
             checkpointed and then sharded.
     """
+
+    picture_stages: tuple[str, ...] = ("val",)
 
     def __init__(
         self,
@@ -122,6 +141,49 @@ class CrocoTask(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_rng_states = checkpoint.get("rng_states")
+
+    def forward_batch(self, batch: dict, batch_idx: int, stage: str) -> StepOutput:
+        """The batch's loss, the terms logged beside it and the outputs metrics and pictures read;
+        ``stage`` is ``train``, ``val`` or ``test``."""
+        raise NotImplementedError(f"{type(self).__name__} has no forward_batch: tasks implement it")
+
+    def batch_size(self, batch: dict) -> int:
+        """Samples in ``batch``, for logged means."""
+        return len(batch["image"])
+
+    def update_metrics(self, batch: dict, outputs: Any, stage: str) -> None:
+        """Feed (and log) ``stage``'s metrics with a batch's ``outputs``; training batches come here too."""
+
+    def picture_due(self, stage: str, batch_idx: int) -> bool:
+        """Whether this batch is drawn: the first of each evaluation of ``picture_stages`` (not the sanity check)."""
+        return stage in self.picture_stages and batch_idx == 0 and not self.trainer.sanity_checking
+
+    def pictures(self, batch: dict, outputs: Any, stage: str) -> dict[str, Tensor]:
+        """(3, H, W) pictures of a batch in [0, 1] by logging key (``val/meshes`` ...); drawn only when due."""
+        return {}
+
+    def shared_step(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
+        """The loss and its terms logged, the metrics fed, the pictures that are due drawn on rank 0."""
+        step = self.forward_batch(batch, batch_idx, stage)
+        size, evaluating = self.batch_size(batch), stage != "train"
+        prefix = f"{stage}/" if evaluating else ""
+        self.log(f"{prefix}loss", step.loss, prog_bar=True, sync_dist=evaluating, batch_size=size)
+        self.log_dict({f"{prefix}loss/{name}": term for name, term in step.terms.items()}, sync_dist=evaluating,
+                      batch_size=size)
+        self.update_metrics(batch, step.outputs, stage)
+        if self.trainer.is_global_zero and self.picture_due(stage, batch_idx):
+            for key, picture in self.pictures(batch, step.outputs, stage).items():
+                log_picture(self.trainer, key, picture)
+        return step.loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, batch_idx, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, batch_idx, "test")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Right before the first step after a resume: nothing that ran since the restore shifts the draws.

@@ -9,9 +9,9 @@ from torch.nn import functional as F
 from torchvision.utils import make_grid
 
 from heads.dense import NUM_PARTS
+from lightning_modules.base import StepOutput
 from lightning_modules.dense_metrics import HALF_PART_KAPPA, dense_prediction, densepose_metrics, target_maps
 from lightning_modules.finetune import FinetuneTask
-from lightning_modules.visualize import log_picture
 
 ClassWeighting = Literal["inverse_sqrt", "median_frequency"]
 
@@ -129,6 +129,8 @@ class DensePoseModule(FinetuneTask):
             (``heads.DenseHead``), ``pretrained`` and optimiser arguments of ``CrocoTask``.
     """
 
+    picture_stages = ("val", "test")
+
     def __init__(self, *args, part_weight: float = 1.0, uv_weight: float = 1.0, uv_beta: float = 0.1,
                  class_balanced: bool = False, class_weighting: ClassWeighting = "inverse_sqrt",
                  kappa: float = HALF_PART_KAPPA, picture_rows: int = 4, **kwargs) -> None:
@@ -145,45 +147,35 @@ class DensePoseModule(FinetuneTask):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """(B, 3, H, W) images in [0, 1] -> ``part_logits`` (B, 25, H, W), ``u``, ``v`` (B, 24, H, W) in [0, 1]."""
-        features = self.backbone.features(images, self.head.layers)
-        return self.head(features, self.backbone.image_grid(images))
+        return self.head.run(self.backbone, images)
 
-    def criterion(self, outputs: dict[str, Tensor], iuv: Tensor) -> dict[str, Tensor]:
-        """Weighted total (``loss``) and its terms; class weights from the running counts when ``class_balanced``."""
+    def forward_batch(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> StepOutput:
+        """The weighted total of the unweighted terms it logs; class weights from the running counts (of
+        training batches) when ``class_balanced``."""
+        iuv = batch["iuv"]
+        if self.hparams.class_balanced and stage == "train":
+            target, _, labelled = target_maps(iuv)
+            self.part_pixel_counts += torch.bincount(target[labelled], minlength=1 + NUM_PARTS)
+        outputs = self(batch["image"])
         weight = (part_class_weights(self.part_pixel_counts, self.hparams.class_weighting)
                   if self.hparams.class_balanced else None)
         terms = densepose_losses(outputs, iuv, weight, self.hparams.uv_beta)
         total = self.hparams.part_weight * terms["parts"] + self.hparams.uv_weight * terms["uv"]
-        return {"loss": total, **{f"loss/{name}": value for name, value in terms.items()}}
+        return StepOutput(total, terms, outputs)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        iuv = batch["iuv"]
-        if self.hparams.class_balanced:
-            target, _, labelled = target_maps(iuv)
-            self.part_pixel_counts += torch.bincount(target[labelled], minlength=1 + NUM_PARTS)
-        losses = self.criterion(self(batch["image"]), iuv)
-        self.log("loss", losses["loss"], prog_bar=True, batch_size=len(iuv))
-        self.log_dict({name: value for name, value in losses.items() if name != "loss"}, batch_size=len(iuv))
-        return losses["loss"]
-
-    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
-        iuv = batch["iuv"]
-        outputs = self(batch["image"])
-        losses = self.criterion(outputs, iuv)
-        self.log_dict({f"{stage}/{name}": value for name, value in losses.items()}, sync_dist=True,
-                      batch_size=len(iuv))
+    def update_metrics(self, batch: dict[str, Tensor], outputs: dict[str, Tensor], stage: str) -> None:
+        """Evaluation's, logged at its end (``_log_metrics``)."""
+        if stage == "train":
+            return
         parts, uv = dense_prediction(outputs["part_logits"], outputs["u"], outputs["v"])
-        getattr(self, f"{stage}_metrics").update(parts, uv, iuv)
-        if batch_idx == 0 and self.hparams.picture_rows and self.trainer.is_global_zero \
-                and not self.trainer.sanity_checking:
-            picture = densepose_picture(batch["image"], parts, uv, iuv, self.hparams.picture_rows)
-            log_picture(self.trainer, f"{stage}/densepose", picture)
+        getattr(self, f"{stage}_metrics").update(parts, uv, batch["iuv"])
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
+    def pictures(self, batch: dict[str, Tensor], outputs: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+        if not self.hparams.picture_rows:
+            return {}
+        parts, uv = dense_prediction(outputs["part_logits"], outputs["u"], outputs["v"])
+        return {f"{stage}/densepose": densepose_picture(batch["image"], parts, uv, batch["iuv"],
+                                                        self.hparams.picture_rows)}
 
     def _log_metrics(self, stage: str) -> None:
         """torchmetrics has already reduced the states over ranks; sync_dist only averages equal values (and keeps

@@ -9,6 +9,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from lightning_modules.base import StepOutput
 from lightning_modules.finetune import FinetuneTask
 from lightning_modules.visualize import log_picture
 
@@ -101,27 +102,20 @@ class GestureModule(FinetuneTask):
         tokens, _ = self.backbone.encode(images)
         return self.head(tokens)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits, labels = self(batch["image"]), batch["label"]
-        loss = self.criterion(logits, labels)
-        self.train_metrics(logits, labels)
-        self.log("loss", loss, prog_bar=True, batch_size=len(labels))
-        self.log_dict(self.train_metrics, batch_size=len(labels))
-        return loss
+    def forward_batch(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> StepOutput:
+        logits = self(batch["image"])
+        return StepOutput(self.criterion(logits, batch["label"]), {}, logits)
 
-    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
-        logits, labels = self(batch["image"]), batch["label"]
-        self.log(f"{stage}/loss", self.criterion(logits, labels), sync_dist=True, batch_size=len(labels))
+    def update_metrics(self, batch: dict[str, Tensor], logits: Tensor, stage: str) -> None:
+        """Training logs each batch's scores (the metrics' forward); evaluation the epoch's, and its confusion."""
+        labels = batch["label"]
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits, labels)
+        if stage == "train":
+            metrics(logits, labels)
+        else:
+            metrics.update(logits, labels)
+            getattr(self, f"{stage}_confusion").update(logits, labels)
         self.log_dict(metrics, batch_size=len(labels))
-        getattr(self, f"{stage}_confusion").update(logits, labels)
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
         """Class probabilities and the predicted class name per sample."""

@@ -20,10 +20,10 @@ from body.model import BodyModel
 from body.rotations import axis_angle_to_matrix
 from heads.mesh_head import MeshHead, SkeletonLabels
 from heads.mesh_losses import keypoint_2d_loss, keypoint_3d_loss, masked_mean, vertex_loss
+from lightning_modules.base import StepOutput
 from lightning_modules.finetune import FinetuneTask
 from lightning_modules.mesh_metrics import FScore, MeanPointError
 from lightning_modules.mesh_render import draw_keypoints, overlay_mesh
-from lightning_modules.visualize import log_picture
 
 KEYPOINT_ALIASES = {"mid_hip": "pelvis"}  # OpenPose's MidHip is SMPL's pelvis (as 4D-Humans maps it)
 
@@ -214,20 +214,19 @@ class MeshRecoveryModule(FinetuneTask):
         labelled = labelled.where(batch["has"]["params"][:, None, None], predicted)
         return labelled @ predicted.mT
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        terms = self.losses(self(batch["image"], batch["K"]), batch, self.targets(batch))
-        loss = sum(terms.values())
-        size = len(batch["image"])
-        self.log("loss", loss, prog_bar=True, batch_size=size)
-        self.log_dict({f"loss/{name}": term for name, term in terms.items()}, batch_size=size)
-        return loss
+    def forward_batch(self, batch: dict, batch_idx: int, stage: str) -> StepOutput:
+        """Evaluation logs the total only: per-term validation curves would be new names in every run's record."""
+        out, targets = self(batch["image"], batch["K"]), self.targets(batch)
+        terms = self.losses(out, batch, targets)
+        return StepOutput(sum(terms.values()), terms if stage == "train" else {}, (out, targets))
 
-    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
-        out = self(batch["image"], batch["K"])
-        target_vertices, has_vertices = self.targets(batch)
-        terms = self.losses(out, batch, (target_vertices, has_vertices))
+    def update_metrics(self, batch: dict, outputs: tuple[dict[str, Tensor], tuple[Tensor | None, Tensor | None]],
+                       stage: str) -> None:
+        """Joint errors on the samples with 3D keypoints, vertex errors on those with target vertices."""
+        if stage == "train":
+            return
+        out, (target_vertices, has_vertices) = outputs
         size = len(batch["image"])
-        self.log(f"{stage}/loss", sum(terms.values()), sync_dist=True, batch_size=size)
         labelled = batch["has"]["keypoints_3d"]
         if labelled.any():
             predicted, target = self.shared_joints(out["joints"][labelled], batch["keypoints_3d"][labelled])
@@ -238,14 +237,9 @@ class MeshRecoveryModule(FinetuneTask):
             getattr(self, f"{stage}_vertex_metrics").update(pred_vertices[has_vertices], target_vertices[has_vertices])
         self.log_dict(getattr(self, f"{stage}_joint_metrics"), batch_size=size)
         self.log_dict(getattr(self, f"{stage}_vertex_metrics"), batch_size=size)
-        if stage == "val" and batch_idx == 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            log_picture(self.trainer, "val/meshes", self.picture(batch, out))
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
+    def pictures(self, batch: dict, outputs: tuple[dict[str, Tensor], tuple], stage: str) -> dict[str, Tensor]:
+        return {f"{stage}/meshes": self.picture(batch, outputs[0])}
 
     def picture(self, batch: dict, out: dict[str, Tensor]) -> Tensor:
         """Per sample: labelled (green) and predicted (red) keypoints | predicted mesh over the image."""

@@ -5,9 +5,9 @@ from torch import Tensor
 
 from backbone.masking import RandomMasking
 from heads.completion import patchify
-from lightning_modules.base import CrocoTask
+from lightning_modules.base import CrocoTask, StepOutput
 from lightning_modules.losses import masked_patch_mse, sum_by_pair_type
-from lightning_modules.visualize import log_picture, reconstruct_pixels, reconstruction_grid
+from lightning_modules.visualize import reconstruct_pixels, reconstruction_grid
 
 PAIR_TYPES = ("cross_view", "cross_pose", "single_image")  # indexed by the batches' pair_type
 
@@ -53,39 +53,29 @@ class PretrainModule(CrocoTask):
         per_sample = masked_patch_mse(pred, patchify(image1, self.backbone.patch_size), mask.flatten(1), self.norm_pix)
         return mask, pred, sum_by_pair_type(per_sample, batch["pair_type"], PAIR_TYPES)
 
-    def _log_losses(self, terms: dict[str, Tensor], stage: str, batch_size: int) -> Tensor:
-        loss = sum(terms.values())
-        on_step = stage == "train"
-        prefix = "" if on_step else f"{stage}/"
-        options = {"on_step": on_step, "on_epoch": not on_step, "sync_dist": not on_step, "batch_size": batch_size}
-        self.log(f"{prefix}loss", loss, prog_bar=True, **options)
-        for name, term in terms.items():
-            self.log(f"{prefix}loss/{name}", term, **options)
-        return loss
+    def forward_batch(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> StepOutput:
+        """Training masks from the global generator, evaluation ones from ``eval_generator``."""
+        generator = None if stage == "train" else self.eval_generator(batch_idx, batch["image1"].device)
+        mask, pred, terms = self.complete(batch, generator)
+        return StepOutput(sum(terms.values()), terms, (mask, pred))
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        mask, pred, terms = self.complete(batch)
-        if self.global_step % self.picture_every_n_steps == 0 and self.trainer.is_global_zero:
-            self._log_reconstructions(batch, mask, pred, "train/reconstruction")
-        return self._log_losses(terms, "train", len(mask))
+    def batch_size(self, batch: dict[str, Tensor]) -> int:
+        return len(batch["image1"])
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        mask, pred, terms = self.complete(batch, self.eval_generator(batch_idx, batch["image1"].device))
-        self._log_losses(terms, "val", len(mask))
-        if batch_idx == 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self._log_reconstructions(batch, mask, pred, "val/reconstruction")
+    def picture_due(self, stage: str, batch_idx: int) -> bool:
+        """Every ``picture_every_n_steps`` training steps, and the first validation batch."""
+        if stage == "train":
+            return self.global_step % self.picture_every_n_steps == 0
+        return super().picture_due(stage, batch_idx)
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        mask, _, terms = self.complete(batch, self.eval_generator(batch_idx, batch["image1"].device))
-        self._log_losses(terms, "test", len(mask))
+    def pictures(self, batch: dict[str, Tensor], outputs: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
+        mask, pred = outputs
+        grid = reconstruction_grid(batch["image1"], batch["image2"], mask, pred.detach(), self.backbone.patch_size,
+                                   self.norm_pix)
+        return {f"{stage}/reconstruction": grid.cpu()}
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Image 1 completed (hidden patches predicted, visible ones copied), with its mask."""
         mask, pred, _ = self.complete(batch, self.eval_generator(batch_idx, batch["image1"].device))
         return {"reconstruction": reconstruct_pixels(batch["image1"], mask, pred, self.backbone.patch_size,
                                                      self.norm_pix), "mask": mask}
-
-    def _log_reconstructions(self, batch: dict[str, Tensor], mask: Tensor, pred: Tensor, key: str) -> None:
-        grid = reconstruction_grid(batch["image1"], batch["image2"], mask, pred.detach(), self.backbone.patch_size,
-                                   self.norm_pix)
-        log_picture(self.trainer, key, grid.cpu())
