@@ -37,7 +37,9 @@ class CroCoNet(nn.Module):
     """ViT encoder with 2D RoPE plus the CroCo cross-attention decoder.
 
     Attributes read by heads: ``patch_size``, ``patch_grid`` (rows, cols at ``img_size``),
-    ``embed_dim``, ``depth``, ``decoder_embed_dim``.
+    ``embed_dim``, ``depth``, ``decoder_embed_dim``. ``architecture``: the constructor arguments
+    (all but ``drop_path_rate``, a training choice), which checkpoints record so that a fine-tuning
+    config can leave them out.
     """
 
     def __init__(
@@ -56,6 +58,10 @@ class CroCoNet(nn.Module):
         norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
+        self.architecture = {"img_size": img_size, "patch_size": patch_size, "embed_dim": embed_dim, "depth": depth,
+                             "num_heads": num_heads, "decoder_embed_dim": decoder_embed_dim,
+                             "decoder_depth": decoder_depth, "decoder_num_heads": decoder_num_heads,
+                             "mlp_ratio": mlp_ratio, "pos_embed": pos_embed, "norm_eps": norm_eps}
         self.patch_size = patch_size
         self.patch_grid = (img_size // patch_size, img_size // patch_size)
         self.embed_dim = embed_dim

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
@@ -34,6 +35,11 @@ CROCO_TO_OURS = {"img_size": "img_size", "patch_size": "patch_size", "enc_embed_
                  "dec_depth": "decoder_depth", "dec_num_heads": "decoder_num_heads", "mlp_ratio": "mlp_ratio",
                  "pos_embed": "pos_embed"}
 CROCO_TRAINING_ONLY = {"mask_ratio", "norm_layer"}  # masking is ours to choose; CroCo's norm is always LayerNorm(1e-6)
+# The CroCoNet arguments that decide what the encoder's weights compute: a fine-tuning backbone must share them with
+# its pretrained encoder. img_size may differ (RoPE positions follow the image; cosine tables are shape-checked at
+# load), and so may the decoder's sizes: fine-tuning does not load the decoder.
+ENCODER_ARCHITECTURE = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed", "norm_eps")
+ARCHITECTURE_KEY = "backbone_architecture"  # where our checkpoints record CroCoNet.architecture
 ENCODER_KEYS = tuple("backbone." + k for k in ("patch_embed.", "enc_blocks.", "enc_norm.", "enc_pos_embed"))
 DECODER_KEYS = tuple("backbone." + k for k in ("decoder_embed.", "mask_token", "dec_blocks.", "dec_norm.",
                                                 "dec_pos_embed")) + ("head.",)
@@ -67,11 +73,12 @@ class KeyReport:
                                f"the checkpoint's sizes (see build_from_croco), or load with strict=False.")
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
     """Read without executing code: safetensors, or torch.load(weights_only=True).
 
     ``argparse.Namespace`` is allowed because CroCo's training script stores its ``args`` in every
     checkpoint; a namespace only holds values, so this does not open the door to arbitrary pickle.
+    ``mmap``: tensors stay on disk until used, for a look at a checkpoint's other entries.
     """
     path = Path(path)
     if path.is_dir() and any(path.glob("*.distcp")):
@@ -82,7 +89,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         return load_file(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         lines = str(error).splitlines()
         reason = next((line.strip().split(" was not")[0] for line in lines if "Unsupported global" in line), lines[0])
@@ -104,6 +111,27 @@ def croco_kwargs_to_ours(croco_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {ours: merged[theirs] for theirs, ours in CROCO_TO_OURS.items()}
 
 
+def recorded_architecture(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``CroCoNet`` arguments a checkpoint was made with, where it records them: ours (every crocoman task
+    writes ``CroCoNet.architecture`` into its checkpoints, an FSDP2 folder into its metadata file) and CroCo v2
+    releases (``croco_kwargs``). None for the files that do not: plain state dicts, safetensors, the v1
+    ``CroCo.pth``, CroCo training checkpoints (their ``args`` hold no sizes) and our checkpoints from before
+    the record."""
+    path = Path(path)
+    if path.is_dir():
+        metadata = path / _METADATA_FILENAME
+        checkpoint = torch.load(metadata, map_location="cpu", weights_only=True) if metadata.is_file() else {}
+    elif path.name.endswith(".safetensors"):
+        return None
+    else:
+        checkpoint = read_checkpoint(path, mmap=True)
+    if ARCHITECTURE_KEY in checkpoint:
+        return dict(checkpoint[ARCHITECTURE_KEY])
+    if "croco_kwargs" in checkpoint:
+        return croco_kwargs_to_ours(checkpoint["croco_kwargs"])
+    return None
+
+
 def to_croco_checkpoint(backbone: CroCoNet, head: nn.Module) -> dict[str, Any]:
     """Our weights in the CroCo v2 release layout, so naver/croco code can open them (``head``: a
     ``heads.CompletionHead``, whose ``proj`` is CroCo's ``prediction_head``)."""
@@ -111,13 +139,7 @@ def to_croco_checkpoint(backbone: CroCoNet, head: nn.Module) -> dict[str, Any]:
         raise ValueError(f"CroCo always uses LayerNorm eps 1e-6; this backbone has norm_eps={backbone.enc_norm.eps}")
     state = {k: v.squeeze(0) if k.endswith("pos_embed") else v for k, v in backbone.state_dict().items()}
     state.update({f"prediction_head.{k}": v for k, v in head.proj.state_dict().items()})
-    croco_kwargs = {"img_size": backbone.patch_grid[0] * backbone.patch_size, "patch_size": backbone.patch_size,
-                    "enc_embed_dim": backbone.embed_dim, "enc_depth": backbone.depth,
-                    "enc_num_heads": backbone.enc_blocks[0].attn.num_heads,
-                    "dec_embed_dim": backbone.decoder_embed_dim, "dec_depth": len(backbone.dec_blocks),
-                    "dec_num_heads": backbone.dec_blocks[0].attn.num_heads,
-                    "mlp_ratio": backbone.enc_blocks[0].mlp.fc1.out_features / backbone.embed_dim,
-                    "pos_embed": backbone.pos_embed}
+    croco_kwargs = {theirs: backbone.architecture[ours] for theirs, ours in CROCO_TO_OURS.items()}
     return {"model": state, "croco_kwargs": croco_kwargs}
 
 

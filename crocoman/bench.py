@@ -80,6 +80,7 @@ REPO = Path(__file__).resolve().parents[1]
 CPU_DEMO_CONFIG = REPO / "configs" / "pretrain" / "cpu_demo.yaml"
 VITB_CONFIG = REPO / "configs" / "pretrain" / "vitb.yaml"
 FINETUNE_CONFIGS = REPO / "configs" / "finetune"
+CPU_DEMO_BACKBONE = REPO / "configs" / "backbone" / "cpu_demo.yaml"
 MODEL_WARMUP_STEPS = 3
 DATA_WARMUP_BATCHES = 1
 # Lightning precision settings of a config -> the autocast dtype that reproduces them.
@@ -612,16 +613,21 @@ def finetune_train(case: FinetuneCase, device: torch.device, steps: int, warmup:
     The trainer takes the config's ``precision`` and ``gradient_clip_val``; the module's own
     ``configure_optimizers`` (layer-wise LR decay, fused AdamW on CUDA, schedule) and
     ``training_step`` (losses, train metrics, logging) run as in ``crocoman fit``, on one device.
-    ``pretrained`` is dropped and every ``model_path`` points at ``body_models`` (a folder
-    ``write_body_models`` wrote). ``config_path`` replaces the device's config (``case.config``);
+    ``pretrained`` is dropped (a config that takes its backbone's sizes from that checkpoint, as the CPU demos do,
+    gets the sizes it would have given, those of ``make pretrain``'s model: ``configs/backbone/cpu_demo.yaml``) and
+    every ``model_path`` points at ``body_models`` (a folder ``write_body_models`` wrote). ``config_path`` replaces
+    the device's config (``case.config``);
     ``overrides`` are dotted config keys (``{"data.init_args.batch_size": 2}``), for tests at tiny size.
     """
     config_path = config_path or case.config(device)
-    body_model_paths = {key: str(body_models) for key in model_path_keys(yaml.safe_load(config_path.read_text())["model"])}
+    model = yaml.safe_load(config_path.read_text())["model"]
+    body_model_paths = {key: str(body_models) for key in model_path_keys(model)}
+    sizes = [] if "init_args" in model["init_args"]["backbone"] else [CPU_DEMO_BACKBONE]
     torch.manual_seed(0)
     memory = PeakMemory(device)  # from before the build: parameters and optimiser state are part of a run's memory
     with contextlib.redirect_stdout(sys.stderr):  # smplx prints notes; stdout is for the summary line
-        run = build([config_path], {**body_model_paths, "model.init_args.pretrained": None, **(overrides or {})})
+        run = build([config_path, *sizes],
+                    {**body_model_paths, "model.init_args.pretrained": None, **(overrides or {})})
     module, config = run.model, run.config.as_dict()
     model_spec, data_args, trainer_args = config["model"], config["data"]["init_args"], config["trainer"]
     batch_size, image_size = data_args["batch_size"], data_args["image_size"]

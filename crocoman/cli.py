@@ -1,19 +1,31 @@
 """The LightningCLI behind ``crocoman``, plus what resuming needs beyond Lightning's own restore."""
 
+import sys
 from pathlib import Path
 
 import torch
+from jsonargparse import Namespace
 from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from crocoman.backbone_sizes import sizes_from_pretrained
 from lightning_modules.loggers import WandbLogger
 
 
 class CrocomanCLI(LightningCLI):
     """Resuming with ``--ckpt_path`` also continues the checkpoint's W&B run (same run id); a run without a
-    logger drops the configs' learning-rate monitor instead of stopping at its first training step."""
+    logger drops the configs' learning-rate monitor instead of stopping at its first training step; the backbone
+    sizes a config leaves out are those of its pretrained checkpoint (``crocoman.backbone_sizes``)."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        command = sys.argv[1:] if args is None else args
+        sizes = [] if isinstance(command, (dict, Namespace)) else sizes_from_pretrained(parser, list(command))
+        if sizes:  # as LightningCLI parses, without its warning about arguments given beside a command line
+            self.config = parser.parse_args([*command, *sizes])
+        else:
+            super().parse_arguments(parser, args)
 
     def before_fit(self) -> None:
         self._drop_lr_monitor_without_logger()

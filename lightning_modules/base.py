@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torch.distributed._composable import checkpoint
 from torch.distributed.fsdp import fully_shard
 
-from backbone.weights import load_croco
+from backbone.croco import CroCoNet
+from backbone.weights import ARCHITECTURE_KEY, load_croco
 from heads.base import Head
 from lightning_modules.rng import every_rank_state, restore_rank_state
 from lightning_modules.visualize import log_picture
@@ -133,7 +134,10 @@ class CrocoTask(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Remember the W&B run and every rank's random generators, so that resuming this checkpoint
-        continues the same run (``lightning_modules.rng``)."""
+        continues the same run (``lightning_modules.rng``), and the backbone's sizes, so that a config
+        fine-tuning from it can leave them out (``crocoman.cli``)."""
+        if isinstance(self.backbone, CroCoNet):
+            checkpoint[ARCHITECTURE_KEY] = self.backbone.architecture
         for logger in self.loggers:
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint["wandb_run_id"] = logger.version

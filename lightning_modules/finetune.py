@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from timm.models import group_parameters
 from timm.optim import param_groups_layer_decay
 
-from backbone.weights import ENCODER_KEYS, load_encoder
+from backbone.weights import ENCODER_ARCHITECTURE, ENCODER_KEYS, load_encoder, recorded_architecture
 from lightning_modules.base import CrocoTask
 
 
@@ -73,11 +73,23 @@ class FinetuneTask(CrocoTask):
                 f"pretrained checkpoint not found: {path} (from {Path.cwd()}). Pretrain one first (`make pretrain` "
                 f"writes runs/pretrain_cpu_demo/checkpoints/last.ckpt), give a CroCo release, or pass "
                 f"--model.init_args.pretrained=null to train from scratch")
+        self._check_architecture(path)
         report = load_encoder(path, self.backbone)
         if report.missing or report.unexpected or report.shape_mismatched:
             raise RuntimeError(f"the pretrained encoder does not fit the backbone: {report} Build the backbone with "
                                f"the sizes it was pretrained with (embed_dim, depth, num_heads, patch_size)")
         rank_zero_info(f"Loaded the pretrained encoder from {path}: {report}")
+
+    def _check_architecture(self, path: str) -> None:
+        """The encoder sizes the checkpoint records (if it does) must be the backbone's: a different head count,
+        for one, changes no weight shape and would load without a complaint from the key report."""
+        recorded = recorded_architecture(path) or {}
+        ours = getattr(self.backbone, "architecture", {})
+        differ = [f"{key}={ours[key]!r} here, {recorded[key]!r} in the checkpoint" for key in ENCODER_ARCHITECTURE
+                  if key in recorded and key in ours and recorded[key] != ours[key]]
+        if differ:
+            raise RuntimeError(f"the pretrained encoder does not fit the backbone: {'; '.join(differ)} ({path}). "
+                               f"Leave these sizes out of the config to take the checkpoint's")
 
     def train(self, mode: bool = True) -> "FinetuneTask":
         """A frozen encoder stays in eval mode (no dropout or drop-path), whoever switches the module to training."""
