@@ -1,7 +1,6 @@
 """DensePose: metrics and losses on hand-computed cases, the DPT head, both configs through the CLI, and a
 short training on synthetic bodies that beats the all-background answer."""
 
-import logging
 import math
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from lightning_modules.dense_metrics import (
 )
 from lightning_modules.densepose import densepose_losses, densepose_picture, part_class_weights
 from tests.conftest import REPO
-from tests.test_gesture import ON_CPU, TINY_MODEL, pretrain_checkpoint
+from tests.test_gesture import ON_CPU, TINY_MODEL, data_args, fit_cpu_config_from_the_demo
 from crocoman.cli import CrocomanCLI
 from crocoman.main import main
 from crocoman.synth import write_labelled_shards
@@ -201,23 +200,12 @@ def test_picture_shows_image_parts_and_charts():
     assert picture.shape == (3, 2 + 2 * 2, 2 + 7 * (2 + 2)) and 0 <= picture.min() and picture.max() <= 1
 
 
-def data_args(shards: Path, image_size: int) -> list[str]:
-    return [f"--data.train_shards={shards / 'train'}", f"--data.val_shards={shards / 'val'}",
-            f"--data.image_size={image_size}", "--data.batch_size=4", "--data.num_workers=0",
-            "--data.shuffle_buffer=8", "--data.epoch_samples=8"]
-
-
 def test_cpu_config_fine_tunes_the_pretrained_demo_encoder(body_shards, tmp_path, monkeypatch, capsys, caplog):
     """densepose_cpu.yaml at its own model size, from the checkpoint path it names."""
     monkeypatch.chdir(tmp_path)
-    pretrain_checkpoint(tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt", img_size=128, embed_dim=192,
-                        depth=6, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
-    with caplog.at_level(logging.INFO):
-        main(["fit", "-c", str(REPO / "configs/finetune/densepose_cpu.yaml"), *data_args(body_shards, 32),
-              "--trainer.max_steps=2", "--trainer.limit_val_batches=1", *ON_CPU])
-    assert "Loaded the pretrained encoder from runs/pretrain_cpu_demo/checkpoints/last.ckpt" in caplog.text
+    checkpoint = fit_cpu_config_from_the_demo("densepose_cpu", [*data_args(body_shards, 32),
+                                                                "--trainer.limit_val_batches=1"], caplog)
     run = tmp_path / "runs/densepose_cpu"
-    checkpoint = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2
     assert [p.name for p in (run / "pictures").glob("val_densepose_*.png")] == ["val_densepose_step0000002.png"]
     assert "crocoman: finished 2 steps" in capsys.readouterr().out

@@ -136,17 +136,22 @@ def pretrain_checkpoint(path: Path, **backbone_sizes) -> None:
     trainer.save_checkpoint(path)
 
 
+def fit_cpu_config_from_the_demo(config: str, arguments: list[str], caplog: pytest.LogCaptureFixture) -> dict:
+    """Two steps of ``configs/finetune/<config>.yaml`` in the current folder, from the checkpoint it names, written
+    here at the `make pretrain` model's sizes; returns the run's last checkpoint."""
+    pretrain_checkpoint(Path("runs/pretrain_cpu_demo/checkpoints/last.ckpt"), img_size=128, embed_dim=192,
+                        depth=6, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
+    with caplog.at_level(logging.INFO):
+        main(["fit", "-c", str(REPO / f"configs/finetune/{config}.yaml"), *arguments, "--trainer.max_steps=2", *ON_CPU])
+    assert "Loaded the pretrained encoder from runs/pretrain_cpu_demo/checkpoints/last.ckpt" in caplog.text
+    return torch.load(f"runs/{config}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+
+
 def test_cpu_config_fine_tunes_the_pretrained_demo_encoder(hand_shards, tmp_path, monkeypatch, capsys, caplog):
     """gesture_cpu.yaml at its own model size, from the checkpoint path it names."""
     monkeypatch.chdir(tmp_path)
-    pretrain_checkpoint(tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt", img_size=128, embed_dim=192,
-                        depth=6, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
-    with caplog.at_level(logging.INFO):
-        main(["fit", "-c", str(REPO / "configs/finetune/gesture_cpu.yaml"), *data_args(hand_shards, 64),
-              "--trainer.max_steps=2", *ON_CPU])
-    assert "Loaded the pretrained encoder from runs/pretrain_cpu_demo/checkpoints/last.ckpt" in caplog.text
+    checkpoint = fit_cpu_config_from_the_demo("gesture_cpu", data_args(hand_shards, 64), caplog)
     run = tmp_path / "runs/gesture_cpu"
-    checkpoint = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["class_names"] == list(GESTURE_NAMES)
     assert [p.name for p in (run / "pictures").glob("val_confusion_*.png")] == ["val_confusion_step0000002.png"]
     assert "crocoman: finished 2 steps" in capsys.readouterr().out
