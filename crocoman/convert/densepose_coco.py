@@ -25,17 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from body.layouts import DENSEPOSE_PART_NAMES
-from crocoman.convert.common import (
-    SkipSample,
-    crop_person,
-    read_image,
-    run_conversion,
-    square_crop_box,
-    transform_points,
-)
+from crocoman.convert.common import SkipSample, read_image, run_conversion, transform_points
 from crocoman.convert.labelled import (
     NOMINAL_INTRINSICS,
-    crop_bbox,
+    crop_labelled,
     draw_labelled,
     labelled_sample,
     nominal_intrinsics,
@@ -139,13 +132,11 @@ def iuv_map(person: Person, affine: np.ndarray, size: int) -> np.ndarray:
 
 def encode_person(person: Person, size: int, margin: float) -> dict:
     """One annotated person -> a body crop with its IUV map."""
-    x, y, w, h = person.bbox
     image = read_image(person.image)
-    crop, affine = crop_person(image, square_crop_box(person.bbox, margin), size)
+    crop, affine, _, bbox = crop_labelled(image, person.bbox, size, margin)
     iuv = iuv_map(person, affine, size)
-    corners = transform_points(affine, np.array([[x, y, 1.0], [x + w, y + h, 1.0]]))
     return labelled_sample(person.key, crop, task="body", K=affine @ nominal_intrinsics(*image.size),
-                           bbox=crop_bbox(corners, size), has={"densepose"}, subject=person.subject,
+                           bbox=bbox, has={"densepose"}, subject=person.subject,
                            body_model="smpl", files={IUV_KEY: png_bytes(iuv)})
 
 

@@ -29,17 +29,10 @@ import numpy as np
 import torch
 
 from body.layouts import HAND_KEYPOINT_NAMES, MANO_JOINT_NAMES
-from crocoman.convert.common import (
-    SkipSample,
-    crop_person,
-    read_image,
-    run_conversion,
-    square_crop_box,
-    transform_points,
-)
+from crocoman.convert.common import SkipSample, read_image, run_conversion
 from crocoman.convert.labelled import (
     cached_body_model,
-    crop_bbox,
+    crop_projected,
     draw_labelled,
     labelled_sample,
     load_body_model,
@@ -136,18 +129,13 @@ def encode_hand(sample: HandImage, size: int, margin: float, body_model_dir: str
     arrays = {} if body_model_dir is None else mano_labels(sample, keypoints_3d, body_model_dir, tolerance_mm)
     image = read_image(sample.image)
     K = np.asarray(sample.K, np.float64)
-    projected = keypoints_3d @ K.T
-    if (projected[:, 2] <= 1e-6).any():
+    if ((keypoints_3d @ K.T)[:, 2] <= 1e-6).any():
         raise SkipSample("joints behind the camera", f"{sample.key}: xyz z {keypoints_3d[:, 2].min():.3f} m")
-    pixels = projected[:, :2] / projected[:, 2:]
-    inside = (pixels >= -0.5).all(1) & (pixels < np.array(image.size) - 0.5).all(1)
-    keypoints_2d = np.concatenate([pixels, inside[:, None]], axis=1)
-    crop, affine = crop_person(image, square_crop_box(keypoints_2d, margin), size)
-    crop_keypoints = transform_points(affine, keypoints_2d)
+    crop, affine, crop_keypoints, bbox = crop_projected(image, keypoints_3d, K, size, margin, key=sample.key)
     arrays = {"keypoints_2d": crop_keypoints, "keypoints_3d": np.concatenate([keypoints_3d, np.ones((21, 1))], 1),
               **arrays}
     has = {"keypoints_2d", "keypoints_3d"} | ({"mano"} if body_model_dir else set())
-    return labelled_sample(sample.key, crop, task="hand", K=affine @ K, bbox=crop_bbox(crop_keypoints, size),
+    return labelled_sample(sample.key, crop, task="hand", K=affine @ K, bbox=bbox,
                            has=has, subject=sample.subject, body_model="mano", arrays=arrays)
 
 

@@ -22,20 +22,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from crocoman.convert.common import (
-    SkipSample,
-    crop_person,
-    read_image,
-    run_conversion,
-    square_crop_box,
-    transform_points,
-)
+from crocoman.convert.common import SkipSample, read_image, run_conversion
 from crocoman.convert.labelled import (
     NOMINAL_INTRINSICS,
-    crop_bbox,
+    crop_labelled,
     draw_labelled,
     labelled_sample,
     nominal_intrinsics,
@@ -113,11 +105,9 @@ def encode_box(item: GestureBox, size: int, margin: float) -> dict:
     width, height = image.size
     x, y, w, h = item.box
     box_px = [x * width, y * height, w * width, h * height]
-    crop, affine = crop_person(image, square_crop_box(box_px, margin, min_side_px=4.0), size)
-    corners = transform_points(affine, np.array([[box_px[0], box_px[1], 1.0],
-                                                 [box_px[0] + box_px[2], box_px[1] + box_px[3], 1.0]]))
+    crop, affine, _, bbox = crop_labelled(image, box_px, size, margin, min_side_px=4.0)
     return labelled_sample(item.key, crop, task="hand", K=affine @ nominal_intrinsics(width, height),
-                           bbox=crop_bbox(corners, size), has={"gesture"}, subject=item.subject, body_model="mano",
+                           bbox=bbox, has={"gesture"}, subject=item.subject, body_model="mano",
                            files={CLASS_KEY: str(item.label).encode()})
 
 

@@ -1,9 +1,10 @@
-"""What the labelled converters (3DPW, FreiHAND, DensePose-COCO, HaGRID) share: the labelled sample as
-`datamodules.format` packs it, nominal intrinsics for uncalibrated photos, the preview drawing and the
-body-model loader."""
+"""What the labelled converters (3DPW, FreiHAND, DensePose-COCO, HaGRID) share: the person crop with its
+labels moved into it, the labelled sample as `datamodules.format` packs it, nominal intrinsics for
+uncalibrated photos, the preview drawing and the body-model loader."""
 
 import colorsys
 import io
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from body.layouts import NUM_PARTS
-from crocoman.convert.common import rounded
+from crocoman.convert.common import SkipSample, crop_person, rounded, square_crop_box, transform_points
 from datamodules.format import (
     ARRAYS_KEY,
     CLASS_KEY,
@@ -43,6 +44,34 @@ def crop_bbox(points: np.ndarray, size: int) -> list[float]:
         return [0.0, 0.0, 0.0, 0.0]
     low, high = np.clip(visible.min(0), 0, size), np.clip(visible.max(0), 0, size)
     return rounded([*low, *(high - low)])
+
+
+def crop_labelled(image: Image.Image, around: np.ndarray | Sequence[float], size: int, margin: float, *,
+                  min_side_px: float = 16.0) -> tuple[Image.Image, np.ndarray, np.ndarray, list[float]]:
+    """The square crop of `image` around (N, 3) keypoints (x, y, confidence) or an [x, y, w, h] box
+    (`square_crop_box`), the source -> crop affine, the keypoints (or the box's corners) moved into the
+    crop, and their bbox there: every labelled sample's crop, K (`affine @ K`) and bbox come from it."""
+    crop, affine = crop_person(image, square_crop_box(around, margin, min_side_px=min_side_px), size)
+    points = np.asarray(around, dtype=np.float64)
+    if points.ndim == 1:  # a box: its two corners, both confident
+        x, y, w, h = points
+        points = np.array([[x, y, 1.0], [x + w, y + h, 1.0]])
+    crop_points = transform_points(affine, points)
+    return crop, affine, crop_points, crop_bbox(crop_points, size)
+
+
+def crop_projected(image: Image.Image, keypoints_3d: np.ndarray, K: np.ndarray, size: int, margin: float, *,
+                   key: str, min_in_view: int = 0) -> tuple[Image.Image, np.ndarray, np.ndarray, list[float]]:
+    """`crop_labelled` around camera-space keypoints projected by the image's `K` (calibrated datasets);
+    the crop keypoints' confidence is 1 for a joint in front of the camera and inside the image, else 0.
+    Fewer than `min_in_view` such joints is a `SkipSample`."""
+    projected = keypoints_3d @ K.T
+    in_front = projected[:, 2] > 1e-6
+    pixels = projected[:, :2] / np.where(in_front, projected[:, 2], 1.0)[:, None]
+    inside = in_front & (pixels >= -0.5).all(1) & (pixels < np.array(image.size) - 0.5).all(1)
+    if inside.sum() < min_in_view:
+        raise SkipSample("person outside the image", f"{key}: {int(inside.sum())} of {len(inside)} joints in view")
+    return crop_labelled(image, np.concatenate([pixels, inside[:, None]], axis=1), size, margin)
 
 
 def labelled_sample(key: str, crop: Image.Image, *, task: str, K: np.ndarray, bbox: list[float], has: set[str],

@@ -29,15 +29,8 @@ import torch
 
 from body.layouts import SMPL_JOINT_NAMES
 from body.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from crocoman.convert.common import (
-    SkipSample,
-    crop_person,
-    read_image,
-    run_conversion,
-    square_crop_box,
-    transform_points,
-)
-from crocoman.convert.labelled import cached_body_model, crop_bbox, draw_labelled, labelled_sample, load_body_model
+from crocoman.convert.common import SkipSample, read_image, run_conversion, transform_points
+from crocoman.convert.labelled import cached_body_model, crop_projected, draw_labelled, labelled_sample, load_body_model
 from datamodules import safe_pickle
 
 SPLITS = {"train": "train", "validation": "val", "test": "test"}  # 3DPW folder -> our split
@@ -158,22 +151,14 @@ def encode_frame(frame: ActorFrame, size: int, margin: float, body_model_dir: st
         keypoints_3d, vertices = output.joints[0, :24].double().numpy(), output.vertices[0].numpy()
     image = read_image(frame.image)
     K = np.asarray(frame.K, np.float64)
-    projected = keypoints_3d @ K.T
-    in_front = projected[:, 2] > 1e-6
-    pixels = projected[:, :2] / np.where(in_front, projected[:, 2], 1.0)[:, None]
-    inside = in_front & (pixels >= -0.5).all(1) & (pixels < np.array(image.size) - 0.5).all(1)
-    keypoints_2d = np.concatenate([pixels, inside[:, None]], axis=1)
-    if inside.sum() < 4:
-        raise SkipSample("person outside the image", f"{frame.key}: {int(inside.sum())} of 24 joints in view")
-    box = square_crop_box(keypoints_2d, margin)
-    crop, affine = crop_person(image, box, size)
-    crop_keypoints = transform_points(affine, keypoints_2d)
+    crop, affine, crop_keypoints, bbox = crop_projected(image, keypoints_3d, K, size, margin, key=frame.key,
+                                                        min_in_view=4)
     arrays = {"keypoints_2d": crop_keypoints,
               "keypoints_3d": np.concatenate([keypoints_3d, np.ones((24, 1))], axis=1),
               **params, "keypoints_2d_detected": transform_points(affine, np.asarray(frame.detections))}
     if vertices is not None:
         arrays["vertices"] = vertices
-    return labelled_sample(frame.key, crop, task="body", K=affine @ K, bbox=crop_bbox(crop_keypoints, size),
+    return labelled_sample(frame.key, crop, task="body", K=affine @ K, bbox=bbox,
                            has={"keypoints_2d", "keypoints_3d", "smpl"}, subject=frame.subject, body_model="smpl",
                            arrays=arrays, record={"gender": frame.gender})
 
