@@ -32,11 +32,10 @@ from crocoman.convert.common import (
     SkipSample,
     add_pair_arguments,
     choose_cameras,
-    draw_pair_group,
     encode_pair_group,
     observe,
     pair_settings,
-    run_conversion,
+    run_pair_conversion,
     split_by_name,
     windows,
 )
@@ -163,9 +162,8 @@ def convert(args: argparse.Namespace) -> dict:
                               "cameras": {view: cameras[mapping[name]][view] for view in views},
                               "keypoints2d": args.root / "keypoints2d" / f"{name}.pkl", "keypoints3d": keypoints3d})
         splits[split] = items
-    encode = functools.partial(encode_aist_group, size=args.size, margin=args.margin, unit_m=args.unit_m)
     extra = {"keypoints": list(COCO_KEYPOINTS), "lens_distortion": "ignored: K is the pinhole part",
              "ignored_sequences": sorted(ignored & {p.stem for p in (args.root / "keypoints3d").glob("*.pkl")}),
              "missing_videos": missing_videos, "unreadable_sequences": unreadable}
-    return run_conversion(args, "aist", splits, encode, shard_prefix="pairs", draw=draw_pair_group,
-                          extra=extra, settings=settings)
+    return run_pair_conversion(args, "aist", splits, functools.partial(encode_aist_group, unit_m=args.unit_m),
+                               extra=extra, settings=settings)

@@ -399,6 +399,16 @@ def pair_settings(args: argparse.Namespace, dataset: str, **more: object) -> dic
             "cameras": args.cameras, **more}
 
 
+def run_pair_conversion(args: argparse.Namespace, dataset: str, splits: dict[str, Sequence],
+                        encode_group: Callable[..., TarSample], *, extra: dict, settings: dict) -> dict:
+    """The end of every pair converter: `run_conversion` of pair shards (pairs-*.tar, previewed by
+    `draw_pair_group`), each group encoded by `encode_group(item, size, margin)` with the crop options
+    of `add_pair_arguments` (`encode_pair_group`, or a converter's reader that ends in it)."""
+    encode = partial(encode_group, size=args.size, margin=args.margin)
+    return run_conversion(args, dataset, splits, encode, shard_prefix="pairs", draw=draw_pair_group, extra=extra,
+                          settings=settings)
+
+
 def windows(frames: Sequence, times: int, stride: int) -> list[list]:
     """Non-overlapping runs of `times` consecutive frames of `frames[::stride]` (a short tail is dropped)."""
     sampled = list(frames)[::stride]

@@ -17,7 +17,6 @@ else the 3D keypoints projected into the camera, else its box; a frame with none
 
 import argparse
 import json
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,11 @@ import numpy as np
 from crocoman.convert.common import (
     add_pair_arguments,
     choose_cameras,
-    draw_pair_group,
     encode_pair_group,
     observe,
     pair_settings,
     rounded,
-    run_conversion,
+    run_pair_conversion,
     split_by_name,
     windows,
 )
@@ -118,6 +116,5 @@ def convert(args: argparse.Namespace) -> dict:
                 for item in sequence_groups(sequence, cameras, args.times, args.stride, args.cameras)]
         for split, chosen in split_by_name(sequences, args.val, "sequence").items()
     }
-    encode = partial(encode_pair_group, size=args.size, margin=args.margin)
-    return run_conversion(args, "generic", splits, encode, shard_prefix="pairs", draw=draw_pair_group,
-                          extra={"cameras": sorted(cameras)}, settings=settings)
+    return run_pair_conversion(args, "generic", splits, encode_pair_group, extra={"cameras": sorted(cameras)},
+                               settings=settings)

@@ -19,7 +19,6 @@ counted skips.
 
 import argparse
 import re
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,10 @@ from crocoman.convert.common import (
     SkipSample,
     add_pair_arguments,
     choose_cameras,
-    draw_pair_group,
     encode_pair_group,
     observe,
     pair_settings,
-    run_conversion,
+    run_pair_conversion,
     split_by_name,
     windows,
 )
@@ -142,6 +140,5 @@ def convert(args: argparse.Namespace) -> dict:
                                 f"the unpacked HUMBI body subjects")
     splits = {split: [item for body in chosen for item in subject_groups(body, args.times, args.stride, args.cameras)]
               for split, chosen in split_by_name(subjects, args.val, "subject").items()}
-    encode = partial(encode_humbi_group, size=args.size, margin=args.margin)
-    return run_conversion(args, "humbi", splits, encode, shard_prefix="pairs", draw=draw_pair_group,
-                          extra={"keypoints": list(OPENPOSE_BODY_25)}, settings=settings)
+    return run_pair_conversion(args, "humbi", splits, encode_humbi_group, extra={"keypoints": list(OPENPOSE_BODY_25)},
+                               settings=settings)

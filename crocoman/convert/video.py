@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from types import ModuleType
 
@@ -25,10 +24,9 @@ from PIL import Image
 from crocoman.convert.common import (
     SkipSample,
     add_pair_arguments,
-    draw_pair_group,
     encode_pair_group,
     pair_settings,
-    run_conversion,
+    run_pair_conversion,
     split_by_name,
     windows,
 )
@@ -149,7 +147,6 @@ def convert(args: argparse.Namespace) -> dict:
             except ValueError as error:  # one broken file among thousands: listed, not fatal
                 print(f"convert video: skipping {error}")
                 unreadable.append(video.name)
-    encode = partial(encode_video_group, size=args.size, margin=args.margin)
-    return run_conversion(args, "video", splits, encode, shard_prefix="pairs", draw=draw_pair_group,
-                          extra={"intrinsics": ASSUMED_INTRINSICS, "unreadable_videos": unreadable},
-                          settings=settings)
+    return run_pair_conversion(args, "video", splits, encode_video_group,
+                               extra={"intrinsics": ASSUMED_INTRINSICS, "unreadable_videos": unreadable},
+                               settings=settings)
