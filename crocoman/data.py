@@ -6,6 +6,8 @@ synthetic bodies (or, with `--convert`, of the official SMPL / MANO files withou
 import argparse
 import importlib
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from crocoman.convert import CONVERTERS
@@ -14,33 +16,10 @@ from crocoman.synth.labelled import TASKS, write_labelled_shards
 from crocoman.synth.shards import write_pair_shards
 
 
-def _synth(args: argparse.Namespace) -> None:
-    write_pair_shards(
-        args.out,
-        num_groups=args.groups,
-        image_size=args.size,
-        cameras=args.cameras,
-        times=args.times,
-        seed=args.seed,
-        workers=args.workers,
-        groups_per_shard=args.groups_per_shard,
-        val_groups=args.val_groups,
-        task=args.task,
-    )
-
-
-def _labelled(args: argparse.Namespace) -> None:
-    write_labelled_shards(
-        args.out,
-        num_samples=args.samples,
-        task=args.task,
-        image_size=args.size,
-        seed=args.seed,
-        workers=args.workers,
-        samples_per_shard=args.samples_per_shard,
-        val_samples=args.val_samples,
-        vertices=args.vertices,
-    )
+def _write(writer: Callable[..., object], args: argparse.Namespace) -> None:
+    """Run a shard writer with the subcommand's options, which carry the writer's keyword names (their ``dest``)."""
+    options = {name: value for name, value in vars(args).items() if name not in ("command", "run")}
+    writer(options.pop("out"), **options)
 
 
 def _body_models(args: argparse.Namespace) -> None:
@@ -78,24 +57,28 @@ def _convert(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="crocoman-data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    rendering = argparse.ArgumentParser(add_help=False)  # what both synthetic writers take
+    rendering.add_argument("--out", type=Path, required=True, help="folder for train/, val/ and manifest.json")
+    rendering.add_argument("--size", dest="image_size", metavar="SIZE", type=int, default=128,
+                           help="crop side in pixels")
+    rendering.add_argument("--seed", type=int, default=0)
+    rendering.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
     synth = commands.add_parser(
         "synth",
         help="render groups of a synthetic person (cameras x times) into WebDataset pair shards",
         description="Render procedural people into pair shards; the output depends on the seed and "
         "sizes only, never on --workers.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[rendering],
     )
-    synth.add_argument("--out", type=Path, required=True, help="folder for train/, val/ and manifest.json")
     synth.add_argument("--task", choices=TASKS, default="body", help="whole people, or bare hands (the hand model)")
-    synth.add_argument("--groups", type=int, default=2000, help="training groups (one person each)")
+    synth.add_argument("--groups", dest="num_groups", metavar="GROUPS", type=int, default=2000,
+                       help="training groups (one person each)")
     synth.add_argument("--val-groups", type=int, default=0, help="validation groups, other people")
-    synth.add_argument("--size", type=int, default=128, help="crop side in pixels")
     synth.add_argument("--cameras", type=int, default=3, help="cameras per group (cross-view pairs)")
     synth.add_argument("--times", type=int, default=3, help="time steps per group (cross-pose pairs)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
     synth.add_argument("--groups-per-shard", type=int, default=100)
-    synth.set_defaults(run=_synth)
+    synth.set_defaults(run=partial(_write, write_pair_shards))
 
     labelled = commands.add_parser(
         "labelled",
@@ -103,19 +86,17 @@ def main(argv: list[str] | None = None) -> None:
         description="Render one person (or hand) per sample into labelled shards for fine-tuning; the output "
         "depends on the seed and sizes only, never on --workers.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[rendering],
     )
-    labelled.add_argument("--out", type=Path, required=True, help="folder for train/, val/ and manifest.json")
     labelled.add_argument("--task", choices=TASKS, required=True, help="whole bodies or bare hands")
-    labelled.add_argument("--samples", type=int, default=2000, help="training samples")
+    labelled.add_argument("--samples", dest="num_samples", metavar="SAMPLES", type=int, default=2000,
+                          help="training samples")
     labelled.add_argument("--val-samples", type=int, default=0, help="validation samples, other people")
-    labelled.add_argument("--size", type=int, default=128, help="crop side in pixels")
-    labelled.add_argument("--seed", type=int, default=0)
-    labelled.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
     labelled.add_argument("--samples-per-shard", type=int, default=200)
     labelled.add_argument("--no-vertices", dest="vertices", action="store_false",
                           help="store no mesh vertices (most of a body sample's bytes): fine-tuning with a body model "
                                "recomputes them from the stored parameters")
-    labelled.set_defaults(run=_labelled)
+    labelled.set_defaults(run=partial(_write, write_labelled_shards))
 
     body_models = commands.add_parser(
         "body-models",
