@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.load import _METADATA_FILENAME
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -49,11 +49,14 @@ class CrocomanCLI(LightningCLI):
         rank_zero_warn("the run has no logger, so the config's LearningRateMonitor is left out")
 
     def _resumed_checkpoint(self) -> Path | None:
-        """The checkpoint fit will resume from (``last`` resolved as Lightning does), if any: a file, or a
-        folder for distributed checkpoints."""
+        """The checkpoint fit will resume from (``last`` resolved as Lightning does, by the callbacks' own search:
+        ours also finds a checkpoint parked by a killed folder swap), if any: a file, or a folder for distributed
+        checkpoints."""
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         if ckpt_path == "last":
-            candidates = [Path(cb.dirpath, "last.ckpt") for cb in self.trainer.checkpoint_callbacks if cb.dirpath]
+            candidates = [Path(path) for callback in self.trainer.checkpoint_callbacks
+                          if isinstance(callback, ModelCheckpoint) and callback.dirpath
+                          for path in callback._find_last_checkpoints(self.trainer)]
             existing = [path for path in candidates if path.exists()]
             return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
         return Path(ckpt_path) if ckpt_path and Path(ckpt_path).exists() else None

@@ -1,11 +1,15 @@
 """Callbacks: what a run tells the person at the terminal, and how it guards itself."""
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Literal
+from weakref import proxy
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch import callbacks
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -14,6 +18,8 @@ from datamodules.health import SKIP_KINDS
 from lightning_modules.visualize import picture_dir
 
 log = logging.getLogger(__name__)
+
+PARTIAL, PARKED = ".partial", ".old"  # suffixes after .ckpt: Lightning's search for last checkpoints skips them
 
 
 class RunSummary(Callback):
@@ -71,14 +77,70 @@ class RunSummary(Callback):
         print("\n".join(self.summary(trainer)), flush=True)
 
 
+def _remove(path: Path) -> None:
+    """Removes a checkpoint, file or folder, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _swap_into_place(partial: Path, target: Path) -> None:
+    """Puts a finished save at its name so that a kill at any point leaves a whole checkpoint: a file by one atomic
+    rename; a folder (FSDP2's distributed checkpoint) by two, the previous one parked as ``<name>.old`` in between
+    (a kill there leaves only that, which ``ModelCheckpoint._find_last_checkpoints`` then finds)."""
+    parked = target.with_name(target.name + PARKED)
+    if target.is_dir() or (partial.is_dir() and target.exists()):
+        _remove(parked)  # an earlier swap's leftover: the target is whole
+        os.replace(target, parked)
+    os.replace(partial, target)
+    _remove(parked)
+
+
 class ModelCheckpoint(callbacks.ModelCheckpoint):
     """Lightning's, except that ``last.ckpt`` follows every save point, not only those where the
-    monitored metric made the top k.
+    monitored metric made the top k, and that a save killed half-way leaves the previous checkpoint whole.
 
     Lightning 2.6 writes ``last.ckpt`` only together with a top-k checkpoint, so a run whose last
     validations did not improve kept an older one: a 1500-step fine-tuning left it at step 1250,
     the final weights were lost and ``--ckpt_path last`` resumed 250 steps back.
+
+    Lightning stages a file in ``TMPDIR`` and moves it, which across filesystems (node-local ``/tmp`` on a
+    cluster) copies into the target in place, and it writes a distributed checkpoint's shards into the existing
+    folder: a kill during either left a checkpoint ``--ckpt_path last`` could not read. So every save goes to
+    ``<name>.partial`` beside its target and rank 0 swaps it into place once Lightning's save has returned on
+    every rank (it ends in a barrier): no collective is added, so ranks cannot wait on each other here.
     """
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        if not _is_local_file_protocol(filepath):  # object stores: an upload is all or nothing already
+            return super()._save_checkpoint(trainer, filepath)
+        partial = Path(filepath + PARTIAL)
+        if trainer.is_global_zero:
+            # Left by a save killed half-way. Only rank 0 writes a file; sharded saves first broadcast the path,
+            # so no rank writes into the folder before it is gone.
+            _remove(partial)
+        trainer.save_checkpoint(str(partial), self.save_weights_only)
+        if trainer.is_global_zero:
+            _swap_into_place(partial, Path(filepath))
+        # The rest of Lightning's _save_checkpoint, once the checkpoint is at its name (loggers may upload it).
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        """Lightning's search, plus a ``last*.ckpt.old`` whose ``last*.ckpt`` is missing: the whole previous
+        checkpoint of a folder swap killed between its two renames."""
+        found = super()._find_last_checkpoints(trainer)
+        folder = self._ModelCheckpoint__resolve_ckpt_dir(trainer)  # where Lightning's search looked
+        if not self._fs.exists(folder):
+            return found
+        parked = {os.path.normpath(path) for path in self._fs.ls(folder, detail=False)
+                  if Path(path).name.startswith(self.CHECKPOINT_NAME_LAST)  # as Lightning matches ^last(-\d+)?
+                  and path.endswith(self.FILE_EXTENSION + PARKED)}
+        return found | {path for path in parked if path.removesuffix(PARKED) not in found}
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
