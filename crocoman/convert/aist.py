@@ -27,7 +27,9 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from body.rotations import axis_angle_to_matrix
 from crocoman.convert.common import (
     SkipSample,
     add_pair_arguments,
@@ -60,16 +62,6 @@ def load_keypoints(path: Path) -> dict:
         raise SkipSample("unreadable keypoints", f"{path}: {error!r}") from error
 
 
-def rodrigues(rotation: np.ndarray) -> np.ndarray:
-    """3x3 rotation of an axis-angle vector (OpenCV's Rodrigues)."""
-    angle = float(np.linalg.norm(rotation))
-    if angle < 1e-12:
-        return np.eye(3)
-    axis = np.asarray(rotation, dtype=np.float64) / angle
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
-
-
 def load_settings(cameras_dir: Path, unit_m: float) -> tuple[dict[str, str], dict[str, dict[str, dict]]]:
     """(sequence -> setting, setting -> view -> K, R, t in metres)."""
     mapping_path = cameras_dir / "mapping.txt"
@@ -83,7 +75,8 @@ def load_settings(cameras_dir: Path, unit_m: float) -> tuple[dict[str, str], dic
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing (named in {mapping_path})")
         settings[setting] = {
-            camera["name"]: {"K": camera["matrix"], "R": rodrigues(np.asarray(camera["rotation"])).tolist(),
+            camera["name"]: {"K": camera["matrix"],  # rotations are axis-angle vectors (OpenCV's Rodrigues)
+                             "R": axis_angle_to_matrix(torch.tensor(camera["rotation"], dtype=torch.float64)).tolist(),
                              "t": (np.asarray(camera["translation"], dtype=np.float64) * unit_m).tolist()}
             for camera in json.loads(path.read_text())
         }
