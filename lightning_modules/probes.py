@@ -30,6 +30,7 @@ import webdataset as wds
 from lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from datamodules.format import ARRAYS_KEY, CLASS_KEY, META_KEY
 from datamodules.labelled import LabelledSample, find_manifest
 from datamodules.shards import expand_shards
 from lightning_modules.mesh_metrics import procrustes_align
@@ -112,7 +113,7 @@ class OnlineProbes(Callback):
             return None
         manifest = find_manifest(self.shards)
         first = next(iter(wds.WebDataset(urls[:1], shardshuffle=False, nodesplitter=every_shard)))
-        keys = tuple(key for key in ("cls", "json", "npz") if key in first)
+        keys = tuple(key for key in (CLASS_KEY, META_KEY, ARRAYS_KEY) if key in first)
         decode = LabelledSample(keys, image_size, augment=False, crop_scale=(1.0, 1.0), color_jitter=0.0,
                                 num_classes=len(manifest["classes"]) if "classes" in manifest else None)
         samples = []
