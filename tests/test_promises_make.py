@@ -2,6 +2,7 @@
 in one where earlier runs left their files, and that the configs it runs read what it renders. The runs themselves
 are not made here: the targets' data sizes are fixed (1000 groups and more), minutes of rendering each."""
 
+import os
 import re
 import shlex
 import shutil
@@ -29,7 +30,12 @@ def folder(tmp_path: Path) -> Path:
 
 
 def dry_run(folder: Path, target: str, *flags: str) -> list[str]:
-    result = subprocess.run(["make", "-n", *flags, target], cwd=folder, capture_output=True, text=True, check=True)
+    """The commands make would run, as a user's top-level make prints them: under ``make test`` the outer make's
+    MAKELEVEL and MAKEFLAGS would add "Entering directory" lines and its options."""
+    env = {name: value for name, value in os.environ.items() if name not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    result = subprocess.run(
+        ["make", "-n", *flags, target], cwd=folder, env=env, capture_output=True, text=True, check=True
+    )
     return result.stdout.splitlines()
 
 
