@@ -10,6 +10,7 @@ from datamodules.color import jitter_batch
 from datamodules.format import Batch, Item, TarSample
 from datamodules.health import SKIP_KINDS, pop_skips
 from datamodules.shards import StreamSeeds, eval_loader, expand_shards, shard_sources, train_loader
+from datamodules.workers import start_worker_server
 
 AUGMENT_ON = ("worker", "device")
 
@@ -52,12 +53,18 @@ class ShardDataModule(LightningDataModule):
             batch[key] = images if jitter is None else jitter_batch(images, jitter)
         return batch
 
+    def setup(self, stage: str) -> None:
+        start_worker_server(self.hparams.num_workers)
+
     def pin_memory(self) -> bool:
         """Page-locked batches when training on a GPU, so the copies overlap with compute."""
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
+
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
 
     def _sampler(self, train: bool) -> Callable[[TarSample], Item | list[Item]]:
         """The map stage from one raw tar sample to tensors (augmented when ``train``)."""
@@ -82,16 +89,16 @@ class ShardDataModule(LightningDataModule):
         ones included, so a resumed run continues the data stream instead of replaying it."""
         trainer = self.trainer
         if trainer is None:
-            return StreamSeeds(torch.initial_seed(), epoch=0, skip_batches=0)
+            return StreamSeeds(torch.initial_seed(), rank=0, epoch=0, skip_batches=0)
         epoch_loop = trainer.fit_loop.epoch_loop
-        return StreamSeeds(torch.initial_seed(), epoch=trainer.current_epoch,
+        return StreamSeeds(torch.initial_seed(), rank=trainer.global_rank, epoch=trainer.current_epoch,
                            skip_batches=epoch_loop.batch_progress.current.processed)
 
     def _eval_loader(self, shards: str | list[str] | None) -> torch.utils.data.DataLoader | list:
         if shards is None:
             return []
         return eval_loader(expand_shards(shards), self._sampler(train=False), self.batch_size,
-                           self.hparams.num_workers, self.world_size(), self.pin_memory())
+                           self.hparams.num_workers, self.rank(), self.world_size(), self.pin_memory())
 
     def val_dataloader(self) -> torch.utils.data.DataLoader | list:
         return self._eval_loader(self.hparams.val_shards)

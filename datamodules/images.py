@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import ShardDataModule
+from datamodules.workers import worker_context
 from datamodules.format import crop_affine
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -227,7 +228,8 @@ class ImageFolderDataModule(ShardDataModule):
     def predict_dataloader(self) -> DataLoader:
         hp = self.hparams
         dataset = Photos(image_files(hp.paths), hp.image_size, hp.focal_ratio, hp.box_margin)
-        return DataLoader(dataset, batch_size=hp.batch_size, num_workers=hp.num_workers, collate_fn=collate_photos)
+        return DataLoader(dataset, batch_size=hp.batch_size, num_workers=hp.num_workers, collate_fn=collate_photos,
+                          multiprocessing_context=worker_context(hp.num_workers))
 
     def train_dataloader(self) -> DataLoader:
         raise RuntimeError("ImageFolderDataModule only serves `crocoman predict`; train on shards (MeshDataModule)")

@@ -1,8 +1,9 @@
 """Finding shards, and the WebDataset loaders every crocoman DataModule builds on."""
 
+import itertools
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import webdataset as wds
 from torch.utils.data import default_collate
 
 from datamodules.health import SkipCounter
+from datamodules.workers import worker_context
 
 
 def expand_shards(spec: str | list[str]) -> list[str]:
@@ -46,6 +48,9 @@ def shard_sources(spec: str | list[str], weights: list[float] | None) -> list[li
 class StreamSeeds:
     """The training stream's randomness as a function of (seed, epoch, rank, worker) alone.
 
+    The rank is the trainer's, given here: workers start outside the process group
+    (``datamodules.workers``).
+
     Shard resampling, source mixing, the shuffle buffer and each worker's torch / Python / NumPy
     generators (which drive augmentation) are all seeded from here, per epoch. Together with fresh
     workers every epoch, a run resumed at epoch ``e`` reads exactly the samples an uninterrupted
@@ -54,13 +59,13 @@ class StreamSeeds:
     only the choice and order of samples are reproduced.)
     """
 
-    def __init__(self, seed: int, epoch: int, skip_batches: int) -> None:
-        self.seed, self.epoch = seed, epoch
+    def __init__(self, seed: int, rank: int, epoch: int, skip_batches: int) -> None:
+        self.seed, self.rank, self.epoch = seed, rank, epoch
         self.resumed_epoch, self.skip_batches = epoch, skip_batches
 
     def value(self, stage: str) -> int:
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        return zlib.crc32(f"{self.seed}/{self.epoch}/{rank}/{worker}/{stage}".encode())
+        _, _, worker, _ = wds.utils.pytorch_worker_info()
+        return zlib.crc32(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/{stage}".encode())
 
     def seed_worker(self, worker_id: int) -> None:
         """DataLoader ``worker_init_fn``: augmentation generators from the same (seed, epoch, rank, worker)."""
@@ -138,7 +143,8 @@ def train_loader(sources: list[list[str]], weights: list[float] | None, to_sampl
         wds.map(skips.attach),
     )
     loader = EpochLoader(dataset, seeds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                         worker_init_fn=seeds.seed_worker if num_workers > 0 else None, generator=own_generator())
+                         worker_init_fn=seeds.seed_worker if num_workers > 0 else None, generator=own_generator(),
+                         multiprocessing_context=worker_context(num_workers))
     # with_epoch cuts the stream; the length only lets Lightning show progress and count steps.
     return loader.with_epoch(batches_per_rank).with_length(batches_per_rank, silent=True)
 
@@ -158,7 +164,7 @@ def _each(samples):
 
 
 def eval_loader(urls: list[str], to_sample: Callable[[dict], dict | list[dict]], batch_size: int, num_workers: int,
-                world_size: int, pin_memory: bool = False) -> wds.WebLoader:
+                rank: int, world_size: int, pin_memory: bool = False) -> wds.WebLoader:
     """Deterministic single pass: shards split over ranks, then over workers; every sample seen once.
     ``to_sample`` may return a list: each of its samples is evaluated."""
     workers = max(1, num_workers)
@@ -167,7 +173,8 @@ def eval_loader(urls: list[str], to_sample: Callable[[dict], dict | list[dict]],
                          f"workers (each needs at least one shard): write more, smaller shards or lower num_workers")
     skips = SkipCounter()
     dataset = (
-        wds.WebDataset(urls, resampled=False, shardshuffle=False, nodesplitter=wds.split_by_node,
+        wds.WebDataset(urls, resampled=False, shardshuffle=False,
+                       nodesplitter=partial(_rank_share, rank=rank, world_size=world_size),
                        handler=skips.shard_error)
         .map(partial(_as_list, to_sample), handler=skips.sample_error)
         .compose(_each)
@@ -175,7 +182,12 @@ def eval_loader(urls: list[str], to_sample: Callable[[dict], dict | list[dict]],
         .map(skips.attach)
     )
     return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                         generator=own_generator())
+                         generator=own_generator(), multiprocessing_context=worker_context(num_workers))
+
+
+def _rank_share(urls: Iterable[str], rank: int, world_size: int) -> Iterator[str]:
+    """This rank's shards: every ``world_size``-th from its own (the trainer's rank, not the workers' view)."""
+    return itertools.islice(urls, rank, None, world_size)
 
 
 def own_generator() -> torch.Generator:

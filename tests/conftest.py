@@ -2,6 +2,9 @@
 
 import os
 import random
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,48 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_job(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """A command-line job as a cluster runs it, in its own process group. A job still running after ``timeout``
+    seconds fails the test with where every process of it was (faulthandler's stacks, on SIGABRT); so does one
+    whose ranks, loader workers or their server outlive it, killed or not (``subprocess.run`` would wait
+    for them, or kill the first process only)."""
+    job = subprocess.Popen(command, cwd=cwd, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGABRT)
+        try:
+            stdout, stderr = job.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            stdout, stderr = job.communicate()
+        pytest.fail(f"{' '.join(command[:5])} ... still running after {timeout} s; its processes' stacks:\n"
+                    f"{stderr[-20000:]}")
+    left = _processes_left(job.pid, grace=15.0)
+    if left:
+        os.killpg(job.pid, signal.SIGKILL)
+        pytest.fail(f"{' '.join(command[:5])} ... ended (exit {job.returncode}) and left these running: {left}")
+    return subprocess.CompletedProcess(command, job.returncode, stdout, stderr)
+
+
+def _processes_left(group: int, grace: float) -> list[str]:
+    """Command lines of the processes still in ``group`` after up to ``grace`` seconds (zombies are gone)."""
+    deadline = time.monotonic() + grace
+    while True:
+        left = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == group and fields[0] != "Z":
+                    left.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+            except (OSError, IndexError, ValueError):
+                continue  # ended while being read
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from backbone import CroCoNet
 from backbone.weights import ENCODER_KEYS, load_encoder
-from tests.conftest import REPO
+from tests.conftest import REPO, run_job
 from tests.test_cli import TINY_MODEL
 from tests.test_gesture import write_toy_shards
 from crocoman.main import main
@@ -51,7 +51,7 @@ def two_rank_job(shards: Path, snippet: str, workdir: Path, *extra: str) -> tupl
 
 def run_two_ranks(shards: Path, snippet: str, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
     command, env = two_rank_job(shards, snippet, workdir, *extra)
-    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    return run_job(command, workdir, env, timeout=300)
 
 
 @pytest.mark.parametrize(("snippet", "sharded", "augment_on"),

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from crocoman.cli import CrocomanCLI
 from crocoman.synth import write_pair_shards
 from lightning_modules.callbacks import ModelCheckpoint, RunSummary
-from tests.conftest import REPO
+from tests.conftest import REPO, run_job
 from tests.test_cli import TINY_MODEL, data_args
 from tests.test_ddp import two_rank_job
 
@@ -71,8 +71,8 @@ def killed_then_resumed(pair_shards, tmp_path_factory, request):
     def run(records: Path, config: Path, *extra: str, cwd: Path = root) -> subprocess.CompletedProcess:
         records.mkdir(exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "CROCOMAN_RECORD_DIR": str(records)}
-        return subprocess.run([sys.executable, "-m", "crocoman.main", "fit", "-c", str(config), *common, *extra],
-                              cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        return run_job([sys.executable, "-m", "crocoman.main", "fit", "-c", str(config), *common, *extra], cwd, env,
+                       timeout=300)
 
     killed = run(root / "killed", write_config(root / "killed.yaml", kill_at=12))
     resumed = run(root / "resumed", write_config(root / "resume.yaml", kill_at=None), "--ckpt_path=last")
@@ -216,8 +216,7 @@ def test_a_kill_inside_a_checkpoint_save_keeps_the_previous_last_checkpoint(pair
         assert saved == 3 and "ballast" not in checkpoint["state_dict"]
     assert saved in (3, 6)
 
-    resumed = subprocess.run([*command, "--ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=240)
+    resumed = run_job([*command, "--ckpt_path=last"], tmp_path, env, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "crocoman: finished 6 steps" in resumed.stdout
     assert losses_by_step(tmp_path)[6:] == killed[saved:]  # the steps after the save again: the same losses
@@ -356,7 +355,7 @@ def test_a_kill_inside_a_distributed_checkpoint_save_keeps_the_previous_last_che
             assert torch.equal(state[name], tensor), name
 
     command, env = two_rank_job(shards, "fsdp2.yaml", tmp_path, *common, "--ckpt_path=last")
-    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    resumed = run_job(command, tmp_path, env, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [step for step, _ in losses_by_step(tmp_path)] == [1, 2, 3, 4, 3, 4]  # continued after step 2
     assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == 4

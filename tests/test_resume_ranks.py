@@ -2,14 +2,13 @@
 fresh generators and says so."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from lightning_modules.rng import restore_rank_state, rng_state
-from tests.conftest import REPO
+from tests.conftest import REPO, run_job
 from tests.test_cli import TINY_MODEL
 from tests.test_ddp import two_rank_job
 from crocoman.main import main
@@ -33,7 +32,7 @@ def test_a_two_rank_checkpoint_resumed_in_one_process_continues_from_fresh_gener
     steps a resume of the same checkpoint without any saved generators takes (the fresh ones)."""
     command, env = two_rank_job(pair_shards, "ddp.yaml", tmp_path, "--trainer.max_steps=2",
                                 "--trainer.limit_val_batches=0", "--data.num_workers=0")
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = run_job(command, tmp_path, env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = torch.load(tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2 and len(checkpoint["rng_states"]) == 2

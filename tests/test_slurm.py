@@ -2,10 +2,9 @@
 
 import os
 import re
-import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_job
 
 
 def test_sbatch_script_composes_a_valid_multinode_config(tmp_path):
@@ -17,8 +16,7 @@ def test_sbatch_script_composes_a_valid_multinode_config(tmp_path):
     (fake_bin / "crocoman").chmod(0o755)
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
            "SLURM_NNODES": "4", "SLURM_NTASKS_PER_NODE": "8", "CROCOMAN": "crocoman"}
-    result = subprocess.run(["bash", str(REPO / "scripts/slurm/pretrain.sbatch"), "--print_config"], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = run_job(["bash", str(REPO / "scripts/slurm/pretrain.sbatch"), "--print_config"], REPO, env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "num_nodes: 4" in result.stdout and re.search(r"devices: '?8'?\n", result.stdout)
     assert "DDPStrategy" in result.stdout and "embed_dim: 768" in result.stdout

@@ -3,13 +3,13 @@ CPU processes (gloo) launched by torchrun exactly as the README's command, at th
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from tests.conftest import run_job
 from tests.test_ddp import two_rank_job
 
 
@@ -44,8 +44,7 @@ def test_one_torchrun_per_node_with_multinode_yaml_trains(pair_shards: Path, tmp
     assert command[:2] == [sys.executable, "-m"]
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nnodes", "1", "--nproc-per-node", "2",
                 "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", "-m"]
-    result = subprocess.run([*torchrun, *command[2:]], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = run_job([*torchrun, *command[2:]], tmp_path, env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     for rank in ranks:
