@@ -52,13 +52,15 @@ def test_fit_without_a_logger_leaves_the_lr_monitor_out(pair_shards, tmp_path, m
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs/pretrain").glob("*.yaml")))
 def test_every_pretrain_config_runs(config, pair_shards, tmp_path, monkeypatch, capsys):
     """Each YAML runs one training and one validation batch on CPU at its own model size: one optimiser
-    step (the GPU configs' accelerator, strategy and precision are set to CPU ones)."""
+    step (the GPU configs' accelerator, strategy and precision are set to CPU ones), and, as a fast_dev_run,
+    writes no checkpoint."""
     monkeypatch.chdir(tmp_path)
     image_size = 128 if config.startswith("cpu_demo") else 224
     main(["fit", "-c", str(REPO / "configs/pretrain" / config), *data_args(pair_shards, image_size, 2),
           "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.devices=1",
           "--trainer.strategy=auto", "--trainer.precision=32-true"])
     assert "crocoman: finished 1 steps" in capsys.readouterr().out
+    assert not list(tmp_path.rglob("*.ckpt*"))
 
 
 def test_missing_shards_are_reported_with_the_fix(tmp_path, monkeypatch):
