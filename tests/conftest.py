@@ -100,3 +100,17 @@ def finish_wandb_runs():
     import wandb
 
     wandb.finish()
+
+
+def assert_same_end_state(checkpoint: Path, reference: Path, step: int) -> None:
+    """Two runs ended at ``step`` with the same weights, optimiser state, learning rates and LR schedule."""
+    ends = [torch.load(path, weights_only=True) for path in (checkpoint, reference)]
+    assert ends[0]["global_step"] == ends[1]["global_step"] == step
+    for name, tensor in ends[1]["state_dict"].items():
+        assert torch.equal(ends[0]["state_dict"][name], tensor), name
+    optimizers = [end["optimizer_states"][0] for end in ends]
+    assert optimizers[0]["param_groups"] == optimizers[1]["param_groups"]  # learning rates included
+    for index, state in optimizers[1]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(optimizers[0]["state"][index][key], value), (index, key)
+    assert ends[0]["lr_schedulers"] == ends[1]["lr_schedulers"]

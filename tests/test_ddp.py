@@ -15,7 +15,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from backbone import CroCoNet
 from backbone.weights import ENCODER_KEYS, load_encoder
-from tests.conftest import REPO, run_job
+from tests.conftest import REPO, assert_same_end_state, run_job
 from tests.test_cli import TINY_MODEL
 from tests.test_gesture import write_toy_shards
 from crocoman.main import main
@@ -205,7 +205,7 @@ def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(ddp_shards,
 
 def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path):
     """Stopped after step 6 of 12 and resumed from its last checkpoint: on both ranks, every step's loss is
-    the one the uninterrupted run logged."""
+    the one the uninterrupted run logged, and the run ends with the same weights, optimiser state and LR."""
     stream = "--trainer.callbacks+=tests.recorders.TrainStream"
     uninterrupted, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
     for workdir in uninterrupted, stopped:
@@ -225,3 +225,5 @@ def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path):
         for step in range(1, 13):
             assert rerun[step]["keys"] == reference[step]["keys"], (rank, step)
             assert rerun[step]["loss"] == reference[step]["loss"], (rank, step)
+    last = Path("runs/pretrain_cpu_demo/checkpoints/last.ckpt")
+    assert_same_end_state(stopped / last, uninterrupted / last, step=12)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from crocoman.cli import CrocomanCLI
 from crocoman.synth import write_pair_shards
 from lightning_modules.callbacks import ModelCheckpoint, RunSummary
-from tests.conftest import REPO, run_job
+from tests.conftest import REPO, assert_same_end_state, run_job
 from tests.test_cli import TINY_MODEL, data_args
 from tests.test_ddp import two_rank_job
 
@@ -91,17 +91,7 @@ def test_resumed_run_is_the_uninterrupted_run(killed_then_resumed):
         assert record["pixels"] == pytest.approx(reference[step]["pixels"], rel=1e-6), step
         assert record["loss"] == reference[step]["loss"], step  # bit for bit: masks drawn as in one run
     assert reference[11]["keys"] != reference[1]["keys"]  # the stream moves on within the epoch
-    ends = [torch.load(path, weights_only=True) for path in (root / "checkpoints/last.ckpt",
-                                                            root / "uninterrupted/checkpoints/last.ckpt")]
-    assert ends[0]["global_step"] == ends[1]["global_step"] == 20
-    for name, tensor in ends[1]["state_dict"].items():
-        assert torch.equal(ends[0]["state_dict"][name], tensor), name
-    optimizers = [end["optimizer_states"][0] for end in ends]
-    assert optimizers[0]["param_groups"] == optimizers[1]["param_groups"]  # learning rates included
-    for index, state in optimizers[1]["state"].items():
-        for key, value in state.items():
-            assert torch.equal(optimizers[0]["state"][index][key], value), (index, key)
-    assert ends[0]["lr_schedulers"] == ends[1]["lr_schedulers"]
+    assert_same_end_state(root / "checkpoints/last.ckpt", root / "uninterrupted/checkpoints/last.ckpt", step=20)
 
 
 def test_killed_run_resumes_from_last_checkpoint(killed_then_resumed):
