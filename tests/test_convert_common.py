@@ -1,5 +1,7 @@
 """The converters' shared writer and crop geometry: real tars on disk, real images."""
 
+import importlib
+import inspect
 import json
 from functools import partial
 from pathlib import Path
@@ -22,6 +24,7 @@ from crocoman.convert.common import (
     write_converted_shards,
     write_manifest,
 )
+from crocoman.convert import CONVERTERS
 from crocoman.data import main
 
 
@@ -194,3 +197,16 @@ def test_cli_lists_converters_and_their_options(capsys):
         main(["convert", "generic", "--help"])
     help_text = capsys.readouterr().out
     assert exit_info.value.code == 0 and "cameras.json" in help_text and "--samples-per-shard" in help_text
+
+
+@pytest.mark.parametrize("dataset", sorted(CONVERTERS))
+def test_each_converters_help_shows_the_layout_it_reads(dataset: str, capsys):
+    """Its docstring, the layout drawing with it, line for line as written, and the options every converter has."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", dataset, "--help"])
+    help_text = capsys.readouterr().out
+    layout = [line.rstrip() for line in inspect.cleandoc(importlib.import_module(CONVERTERS[dataset]).__doc__)
+              .splitlines() if line.strip()]
+    assert exit_info.value.code == 0 and len(layout) >= 5, layout
+    assert all(line in help_text for line in layout), [line for line in layout if line not in help_text]
+    assert "--samples-per-shard" in help_text and "--workers" in help_text
