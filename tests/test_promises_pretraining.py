@@ -1,7 +1,10 @@
 """README promises of pretraining runs: what a reconstruction picture shows, swapping the masking from the command
 line, and validation masks that come from generators of their own."""
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from lightning_modules.losses import normalize_patches
 from lightning_modules.visualize import reconstruction_grid
 from tests.conftest import REPO
 from tests.test_cli import TINY_MODEL, data_args
-from crocoman.main import main
+from crocoman.main import build, main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -158,3 +161,17 @@ def test_validation_masks_repeat_and_leave_the_training_draws_alone(pair_shards:
     assert train["validating"] == train["not_validating"]
     assert len(validations) == 2 and validations[0] == validations[1]
     assert not [r for r in records["not_validating"] if "val_loss" in r]
+
+
+def test_the_demo_config_is_the_model_and_budget_the_readme_describes():
+    """The README's one-line description of `make pretrain`'s model against what its config builds."""
+    described = re.search(r"`make pretrain` runs `(\S+)`: a (\d+)-block ViT \(width (\d+)\) on (\d+) px pairs"
+                          r".*?\n(\d+) steps", (REPO / "README.md").read_text(), flags=re.DOTALL)
+    assert described, "the README no longer describes the demo in the words this test reads"
+    config, depth, width, size, steps = described.groups()
+    with contextlib.redirect_stdout(io.StringIO()):
+        built = build([REPO / config])
+    backbone = built.model.backbone
+    assert (len(backbone.enc_blocks), backbone.embed_dim) == (int(depth), int(width))
+    assert built.datamodule.hparams.image_size == int(size) == backbone.architecture["img_size"]
+    assert built.config.trainer.max_steps == int(steps)
