@@ -225,6 +225,13 @@ def test_broken_or_foreign_files_get_an_error_naming_them(synthetic_root: Path, 
     with contextlib.redirect_stdout(io.StringIO()):
         main(["body-models", "--convert", str(tmp_path / "hand.pkl"), "--side", "left", "--out", str(tmp_path)])
     assert (tmp_path / "mano" / "MANO_LEFT.npz").is_file()
+    (tmp_path / "body.pkl").write_bytes(official_dumps(official_model(synthetic_root, "smpl")))
+    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path / 'body.pkl'}: cannot tell the SMPL gender from the "
+                                                   f"file name: pass --gender")):
+        main(["body-models", "--convert", str(tmp_path / "body.pkl"), "--out", str(tmp_path)])
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(["body-models", "--convert", str(tmp_path / "body.pkl"), "--gender", "female", "--out", str(tmp_path)])
+    assert sorted(path.name for path in (tmp_path / "smpl").iterdir()) == ["SMPL_FEMALE.npz", "SMPL_FEMALE.pkl"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("chumpy") is not None, reason="chumpy is installed: smplx loads the file")
