@@ -100,6 +100,12 @@ def test_each_boxed_person_is_an_input_in_the_photos_camera(tmp_path: Path) -> N
     (folder / "bad_box.json").write_text(json.dumps([[1, 2, 3]]))
     read = items(folder, box_margin=0.25, focal_ratio=1.5)
     assert "no person" in read["nobody"]["error"] and "[x, y, w, h]" in read["bad_box"]["error"]
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare/group.jpg").write_bytes((folder / "group.jpg").read_bytes())
+    (tmp_path / "bare/group.json").write_text(json.dumps(boxes[1]))  # one box, not in a list
+    bare = items(tmp_path / "bare", box_margin=0.25, focal_ratio=1.5)["group"]
+    assert bare["image"].shape == (1, 3, SIZE, SIZE)
+    torch.testing.assert_close(bare["box"][0], read["group"]["box"][1])
     group = read["group"]
     assert group["boxed"] and group["image"].shape == (2, 3, SIZE, SIZE)
     centre = group["image"][:, :, SIZE // 2, SIZE // 2].int()
