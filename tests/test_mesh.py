@@ -119,7 +119,7 @@ def test_every_mesh_config_runs_two_steps_through_the_cli(config, mesh_shards, b
 def test_predict_writes_a_mesh_overlay_and_parameters_per_image(mesh_shards, body_model_root, tmp_path, monkeypatch,
                                                                 config, capsys):
     """`crocoman predict` on a folder of plain images with the fine-tuned checkpoint and the run's config:
-    crops, a phone photo stored sideways, a whole photo with two person boxes, and a broken file."""
+    crops, a phone photo stored sideways in a subfolder, a whole photo with two person boxes, and a broken file."""
     monkeypatch.chdir(tmp_path)
     arguments = config_arguments(config, mesh_shards, body_model_root)
     main(["fit", *arguments, "--trainer.max_steps=1"])
@@ -129,7 +129,8 @@ def test_predict_writes_a_mesh_overlay_and_parameters_per_image(mesh_shards, bod
         Image.new("RGB", size, (120, 90, 60)).save(images / f"{name}.jpg")
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways (64 x 40), shown as a 40 x 64 portrait
-    Image.new("RGB", (64, 40), (60, 90, 120)).save(images / "phone.jpg", exif=exif)
+    (images / "album").mkdir()  # a subfolder keeps its path in the output names
+    Image.new("RGB", (64, 40), (60, 90, 120)).save(images / "album/phone.jpg", exif=exif)
     Image.new("RGB", (160, 90), (90, 90, 90)).save(images / "group.jpg")
     (images / "group.json").write_text(json.dumps([[10, 10, 30, 70], [100, 5, 40, 80]]))
     (images / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
@@ -144,7 +145,7 @@ def test_predict_writes_a_mesh_overlay_and_parameters_per_image(mesh_shards, bod
     assert not list(out.glob("broken*"))
     parametric = "smpl" in config
     model = BodyModel("smpl", str(body_model_root))
-    for name in "tall", "wide", "phone", "group_0", "group_1":
+    for name in "tall", "wide", "album/phone", "group_0", "group_1":
         assert Image.open(out / f"{name}.png").size == (32, 32)
         arrays = np.load(out / f"{name}.npz")
         assert arrays["vertices"].shape == (6890, 3)
@@ -167,7 +168,7 @@ def test_predict_writes_a_mesh_overlay_and_parameters_per_image(mesh_shards, bod
     np.testing.assert_allclose(first["box"], [-24.0, -4.0, 98.0, 98.0])  # 70 px tall box + 20% a side, centred
     assert (first["K"] != second["K"]).any()
     assert Image.open(out / "group.png").size == (160, 90)
-    assert Image.open(out / "phone.png").size == (32, 32)
+    assert Image.open(out / "album/phone.png").size == (32, 32)
 
 
 def mean_pose_errors(data: MeshDataModule) -> tuple[float, float]:
