@@ -3,9 +3,11 @@ callback logging probe/<name> at step 0 and at every validation of a real CLI ru
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_modules.probes import OnlineProbes, pooled, ridge
 from tests.test_cli import REPO, TINY_MODEL, data_args
@@ -54,18 +56,32 @@ def test_probe_scores_tell_informative_tokens_from_noise(probe_shards):
     assert pooled(informative, grid).shape == (90, 5 * informative.shape[-1])
 
 
+def logged_probes(logs: Path, logger: str) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every ``probe/*`` scalar, as the logger wrote them to disk."""
+    if logger == "CSVLogger":
+        with open(logs / "lightning_logs/version_0/metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        names = [name for name in rows[0] if name.startswith("probe/")]
+        return {name: [(int(row["step"]), float(row[name])) for row in rows if row[name]] for name in names}
+    events = EventAccumulator(str(logs / "lightning_logs/version_0"))
+    events.Reload()
+    return {name: [(event.step, event.value) for event in events.Scalars(name)]
+            for name in events.Tags()["scalars"] if name.startswith("probe/")}
+
+
+@pytest.mark.parametrize("logger", ["CSVLogger", "TensorBoardLogger"])
 def test_a_pretraining_run_logs_probes_at_step_zero_and_every_validation(pair_shards, probe_shards, tmp_path,
-                                                                        monkeypatch, capsys):
+                                                                        monkeypatch, capsys, logger):
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
-          "--trainer.max_steps=4", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+          "--trainer.max_steps=4", f"--trainer.logger=lightning.pytorch.loggers.{logger}",
           "--trainer.logger.save_dir=logs", "--trainer.callbacks+=lightning_modules.probes.OnlineProbes",
           f"--trainer.callbacks.shards={probe_shards}", "--trainer.callbacks.samples=60"])
-    with open(tmp_path / "logs/lightning_logs/version_0/metrics.csv") as f:
-        rows = [row for row in csv.DictReader(f) if row.get("probe/keypoints_2d_pck")]
-    assert [int(row["step"]) for row in rows] == [0, 2, 4]  # the floor, then each epoch's validation
-    for row in rows:
-        assert 0 <= float(row["probe/keypoints_2d_pck"]) <= 1 and float(row["probe/joints_3d_mpjpe_mm"]) > 0
+    probes = logged_probes(tmp_path / "logs", logger)
+    assert [step for step, _ in probes["probe/keypoints_2d_pck"]] == [0, 2, 4]  # the floor, then each validation
+    assert all(0 <= value <= 1 for _, value in probes["probe/keypoints_2d_pck"])
+    mpjpe = [value for _, value in probes["probe/joints_3d_mpjpe_mm"]]
+    assert len(mpjpe) == 3 and min(mpjpe) > 0
     assert "probes (step 0 -> 4): keypoints_2d_pck" in capsys.readouterr().out
 
 
