@@ -858,6 +858,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def vit_plan(args: argparse.Namespace) -> tuple[tuple[bool, ...], list[VitCase]]:
+    """The ViT case's compile modes and models, as ``--no-compile``, ``--vit`` and ``--vit-batch-size`` choose."""
+    compile_modes = (False,) if args.no_compile else (False, True)
+    return compile_modes, [replace(case, batch_size=args.vit_batch_size or case.batch_size)
+                           for case in VIT_CASES if case.name in args.vit]
+
+
 def summary_line(report: dict, path: Path, seconds: float) -> str:
     cases, parts = report["cases"], [report["device"]["slug"]]
     demo = cases["cpu_demo_train"]["results"]
@@ -915,10 +922,7 @@ def run_bench(argv: Sequence[str] | None = None) -> dict:
     if args.skip_vit:
         cases["vit_pretrain"] = {"skipped": "--skip-vit"}
     elif device.type == "cuda":
-        compile_modes = (False,) if args.no_compile else (False, True)
-        chosen = [replace(case, batch_size=args.vit_batch_size or case.batch_size)
-                  for case in VIT_CASES if case.name in args.vit]
-        cases["vit_pretrain"] = vit_pretrain_case(device, device_info, args.steps, args.warmup, compile_modes, chosen)
+        cases["vit_pretrain"] = vit_pretrain_case(device, device_info, args.steps, args.warmup, *vit_plan(args))
     else:
         cases["vit_pretrain"] = {"skipped": "needs a CUDA device (bf16 ViT-B/L steps are not meaningful on CPU)"}
 

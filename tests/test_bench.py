@@ -178,6 +178,16 @@ def test_vit_case_code_path_on_cpu():
     assert versus["ratio_step_time_ours_over_timm"] > 0
 
 
+def test_vit_options_choose_the_models_batch_and_compile_modes():
+    """--vit, --vit-batch-size and --no-compile, as parsed, pick the CUDA case's runs (the case itself needs CUDA)."""
+    assert bench.vit_plan(bench.parse_args([])) == ((False, True), list(bench.VIT_CASES))
+    modes, cases = bench.vit_plan(bench.parse_args(["--vit", "vit_l", "--vit-batch-size", "8", "--no-compile"]))
+    assert modes == (False,) and [(case.name, case.batch_size) for case in cases] == [("vit_l", 8)]
+    assert cases[0].timm_name == "vit_large_patch16_224"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--vit", "vit_h"])
+
+
 def test_skip_data(tmp_path):
     report = bench.run_bench(["--out", str(tmp_path), "--steps", "1", "--warmup", "0", "--device", "cpu", "--skip-data",
                          "--skip-from-shards", "--skip-finetune", "--skip-vit"])
