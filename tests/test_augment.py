@@ -19,6 +19,7 @@ from datamodules import PairDataModule
 from datamodules.color import draw_jitter, jitter_batch, jitter_pixels
 from datamodules.decode import decode, decode_crop, reduction
 from datamodules.health import SKIP_KINDS, SKIPPED_KEY
+from datamodules.pairs import PERSON_SCALE, PERSON_SHIFT, person_box
 from datamodules.shards import expand_shards
 
 TORCHVISION_OPS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
@@ -223,3 +224,21 @@ def test_person_crops_frame_the_person(group, person_crop):
         assert extent == pytest.approx(SIZE / person_crop, abs=2.5)
         for low, high in ((rows.min(), rows.max()), (cols.min(), cols.max())):
             assert (low + high) / 2 == pytest.approx((SIZE - 1) / 2, abs=1.5)
+
+
+def test_person_crops_fall_back_to_the_silhouette_and_augment_within_their_ranges(group):
+    """Without a ``bbox`` the square is drawn around the silhouette's bounds (with neither, the whole frame);
+    augmentation scales the side by 0.8-1.25 and moves the centre by up to 10 % of it, using those ranges."""
+    frame = json.loads(group["group.json"])["frames"][0]
+    size = Image.open(io.BytesIO(group[frame["name"]])).size
+    assert frame.get("bbox") and frame.get("mask")
+    from_silhouette = person_box(group, {**frame, "bbox": None}, size)
+    assert from_silhouette == pytest.approx(person_box(group, frame, size), abs=2.0)
+    assert person_box(group, {**frame, "bbox": None, "mask": None}, size) == (0.0, 0.0, *map(float, size))
+    sampler = PairDataModule("unused", val_shards="unused", image_size=SIZE, person_crop=1.5)._sampler(train=True)
+    random.seed(0)
+    draws = np.array([sampler.draw(*size)[0] for _ in range(2000)])
+    scales, shifts = draws[:, 0], draws[:, 1:]
+    assert PERSON_SCALE[0] <= scales.min() < 0.82 and 1.22 < scales.max() <= PERSON_SCALE[1]
+    assert np.log(scales).mean() == pytest.approx(0.0, abs=0.02)  # log-uniform around the nominal side
+    assert -PERSON_SHIFT <= shifts.min() < -0.095 and 0.095 < shifts.max() <= PERSON_SHIFT
