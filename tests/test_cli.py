@@ -1,5 +1,6 @@
 """The `crocoman` command exactly as users run it, on real shards."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,12 @@ def test_pretrain_fit_two_steps_writes_checkpoint_pictures_and_wandb(pair_shards
     assert list((run / "wandb").glob("offline-run-*"))
     assert (run / "config.yaml").exists()
     printed = capsys.readouterr().out
-    assert "crocoman: finished 2 steps" in printed and "last.ckpt" in printed and "W&B run (offline)" in printed
+    assert "crocoman: finished 2 steps" in printed and "W&B run (offline)" in printed
+    assert f"(last: {run / 'checkpoints/last.ckpt'})" in printed
+    best = re.search(r"best \(val/loss=[\d.]+\): (\S+\.ckpt)", printed)
+    assert best and Path(best.group(1)).parent == run / "checkpoints" and Path(best.group(1)).is_file()
+    pictures = len(list((run / "pictures").glob("*.png")))
+    assert f"pictures: runs/pretrain_cpu_demo/pictures ({pictures} PNG)" in printed and pictures > 0
 
 
 def test_fit_without_a_logger_leaves_the_lr_monitor_out(pair_shards, tmp_path, monkeypatch):
