@@ -21,7 +21,9 @@ def worker_context(num_workers: int) -> multiprocessing.context.BaseContext | No
         return None
     context = multiprocessing.get_context("forkserver")
     main = getattr(sys.modules["__main__"].__spec__, "name", None)
-    context.set_forkserver_preload(["datamodules.worker_server", "__main__", "datamodules", *([main] if main else [])])
+    # A package's __main__ is not imported by name: as in multiprocessing's own spawn, its body need not be guarded.
+    by_name = [main] if main and not main.endswith(".__main__") else []
+    context.set_forkserver_preload(["datamodules.worker_server", "__main__", "datamodules", *by_name])
     return context
 
 
