@@ -4,6 +4,7 @@ labels against the pixels and the shards against `PairDataModule`."""
 
 import io
 import json
+import re
 import pickle
 from pathlib import Path
 
@@ -367,3 +368,11 @@ def test_aist_needs_trust_reads_only_arrays_and_loads(tmp_path, capfd):
     assert 2.0 < joints_3d[0, 2] < 4.0  # metres from the camera (centimetres in the files)
     dm_batch = load_one_batch(out)
     assert dm_batch["image1"].shape[0] == 2
+    # The videos where the downloader put them elsewhere: --videos, else the error names where it looked.
+    (root / "videos").rename(tmp_path / "clips")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"videos ({root / 'videos'}/<sequence")):
+        main(args + ["--trust-pickle", "--out", str(tmp_path / "none")])
+    main(args + ["--trust-pickle", "--stride", "2", "--videos", str(tmp_path / "clips"),
+                 "--out", str(tmp_path / "moved")])
+    moved = json.loads((tmp_path / "moved/manifest.json").read_text())
+    assert moved["splits"]["train"]["samples"] == 1 and moved["missing_videos"] == manifest["missing_videos"]
