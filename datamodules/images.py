@@ -27,8 +27,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import ShardDataModule
-from datamodules.workers import worker_context
 from datamodules.format import crop_affine
+from datamodules.workers import worker_context
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TRANSPARENT_BACKGROUND = (128, 128, 128)

@@ -124,8 +124,8 @@ def test_compiled_blocks_train_as_eager_ones_on_two_ranks(ddp_shards, tmp_path, 
                                "--trainer.callbacks+=tests.recorders.TrainStream",
                                f"--model.init_args.compile={compiled}",
                                f"--model.init_args.activation_checkpointing={sharded}",
-                               # in-process loading: loader workers are not what this compares, and a worker
-                               # forked from a rank that compiles has twice hung right after the fork here
+                               # in-process loading: loader workers are not what this compares (before workers
+                               # started from a forkserver, one forked from a compiling rank hung here twice)
                                "--data.num_workers=0")
         assert result.returncode == 0, result.stderr[-3000:]
         ranks = [json.loads((workdir / f"rank{r}.json").read_text()) for r in range(2)]

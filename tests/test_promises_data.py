@@ -39,7 +39,8 @@ def test_loader_workers_restart_every_epoch_and_take_its_seeds(pair_shards: Path
 
     epoch0, epoch1 = batches(pairs(), 2)
     resumed = pairs()
-    monkeypatch.setattr(resumed, "stream_seeds", lambda: StreamSeeds(torch.initial_seed(), rank=0, epoch=1, skip_batches=0))
+    monkeypatch.setattr(resumed, "stream_seeds",
+                        lambda: StreamSeeds(torch.initial_seed(), rank=0, epoch=1, skip_batches=0))
     (started_at_1,) = batches(resumed, 1)
     assert len(epoch1) == 3 and same(epoch1, started_at_1)
     assert not same(epoch0, epoch1)
