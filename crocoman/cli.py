@@ -1,5 +1,6 @@
 """The LightningCLI behind ``crocoman``, plus what resuming needs beyond Lightning's own restore."""
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from lightning_modules.loggers import WandbLogger
 class CrocomanCLI(LightningCLI):
     """Resuming with ``--ckpt_path`` also continues the checkpoint's W&B run (same run id); a run without a
     logger drops the configs' learning-rate monitor instead of stopping at its first training step; the backbone
-    sizes a config leaves out are those of its pretrained checkpoint (``crocoman.backbone_sizes``)."""
+    sizes a config leaves out are those of its pretrained checkpoint (``crocoman.backbone_sizes``); a logger's
+    ``save_dir`` and a checkpoint callback's ``dirpath`` left null are the run's folder, ``default_root_dir``."""
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         command = sys.argv[1:] if args is None else args
@@ -26,6 +28,27 @@ class CrocomanCLI(LightningCLI):
             self.config = parser.parse_args([*command, *sizes])
         else:
             super().parse_arguments(parser, args)
+
+    def before_instantiate_classes(self) -> None:
+        self._place_run_files()
+
+    def _place_run_files(self) -> None:
+        """One setting moves a whole run: ``--trainer.default_root_dir=runs/x`` also moves its W&B files and
+        checkpoints unless the config names their folders (with the folders spelled out in every config, the
+        override left them writing into the config's own run folder, on top of another run's checkpoints)."""
+        trainer = self._get(self.config, "trainer")
+        root = trainer.get("default_root_dir")
+        if root is None:
+            return
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if isinstance(logger, Namespace) and "save_dir" in logger.get("init_args", {}) \
+                    and logger.init_args.save_dir is None:
+                logger.init_args.save_dir = root
+        for callback in trainer.get("callbacks") or []:
+            if isinstance(callback, Namespace) and issubclass(imported(callback.class_path), ModelCheckpoint) \
+                    and callback.get("init_args", {}).get("dirpath") is None:
+                callback.init_args.dirpath = str(Path(root, "checkpoints"))
 
     def before_fit(self) -> None:
         self._drop_lr_monitor_without_logger()
@@ -60,6 +83,11 @@ class CrocomanCLI(LightningCLI):
             existing = [path for path in candidates if path.exists()]
             return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
         return Path(ckpt_path) if ckpt_path and Path(ckpt_path).exists() else None
+
+
+def imported(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def checkpoint_metadata(path: Path) -> dict:

@@ -22,11 +22,13 @@ class WandbLogger(LightningWandbLogger):
     """Lightning's WandbLogger with project ``crocoman`` that goes offline when no key is set.
 
     ``offline=None`` (the default) means: online if credentials are found, else offline, with a
-    log line saying where the run is written and how to upload it later.
+    log line saying where the run is written and how to upload it later. ``save_dir=None`` (the default) is
+    the run's ``default_root_dir`` under ``crocoman`` (``crocoman.cli``), the current folder elsewhere.
     """
 
-    def __init__(self, project: str = "crocoman", save_dir: str = ".", offline: bool | None = None,
+    def __init__(self, project: str = "crocoman", save_dir: str | None = None, offline: bool | None = None,
                  **kwargs) -> None:
+        save_dir = "." if save_dir is None else save_dir
         if offline is None:
             offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_credentials_found()
             if offline:

@@ -44,6 +44,16 @@ def test_pretrain_fit_two_steps_writes_checkpoint_pictures_and_wandb(pair_shards
     assert f"pictures: runs/pretrain_cpu_demo/pictures ({pictures} PNG)" in printed and pictures > 0
 
 
+def test_default_root_dir_moves_the_whole_run(pair_shards, tmp_path, monkeypatch):
+    """The configs leave the W&B and checkpoint folders to the run folder, so one override moves all of it."""
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
+          "--trainer.max_steps=1", "--trainer.default_root_dir=elsewhere"])
+    assert (tmp_path / "elsewhere/checkpoints/last.ckpt").is_file()
+    assert list((tmp_path / "elsewhere/wandb").glob("offline-run-*"))
+    assert not (tmp_path / "runs").exists()
+
+
 def test_fit_without_a_logger_leaves_the_lr_monitor_out(pair_shards, tmp_path, monkeypatch):
     """The configs' LearningRateMonitor needs a logger; `--trainer.logger=false` must not stop the run."""
     monkeypatch.chdir(tmp_path)
@@ -78,28 +88,43 @@ def test_missing_shards_are_reported_with_the_fix(tmp_path, monkeypatch):
 
 def assert_contains(parsed, snippet, path: str = "") -> None:
     """Every key the snippet sets has the snippet's value in the parsed config (scalars equal; lists of
-    names, such as FSDP's wrap policies, which are sets of classes, equal in any order)."""
+    names, such as FSDP's wrap policies, which are sets of classes, equal in any order; ``key+`` lists at the
+    end of ``key``'s)."""
     if isinstance(snippet, list) and all(isinstance(item, str) for item in snippet):
         assert sorted(parsed) == sorted(snippet), f"{path}: parsed {parsed!r}, snippet {snippet!r}"
+    elif isinstance(snippet, list):
+        assert isinstance(parsed, list) and len(parsed) == len(snippet), f"{path}: parsed {parsed!r}"
+        for index, (parsed_item, item) in enumerate(zip(parsed, snippet)):
+            assert_contains(parsed_item, item, f"{path}[{index}]")
     elif isinstance(snippet, dict):
         assert isinstance(parsed, dict), f"{path}: {parsed!r} is not a mapping"
         for key, value in snippet.items():
-            assert key in parsed, f"{path}.{key} missing from the parsed config"
-            assert_contains(parsed[key], value, f"{path}.{key}")
+            name = key.removesuffix("+")
+            assert name in parsed, f"{path}.{name} missing from the parsed config"
+            assert_contains(parsed[name][-len(value):] if key.endswith("+") else parsed[name], value, f"{path}.{key}")
     else:
         assert parsed == snippet, f"{path}: parsed {parsed!r}, snippet {snippet!r}"
 
 
-@pytest.mark.parametrize("snippet", sorted(p.name for p in (REPO / "configs/trainer").glob("*.yaml")))
-def test_trainer_snippets_compose_with_task_configs(snippet, capsys):
-    """Every trainer snippet layers over a task config and every value it sets is in the result (GPU ones
-    are run where GPUs are)."""
+SNIPPETS = sorted(str(p.relative_to(REPO)) for folder in ("trainer", "logger", "callbacks")
+                  for p in (REPO / "configs" / folder).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS)
+def test_snippets_compose_with_task_configs(snippet, capsys):
+    """Every trainer, logger and callbacks snippet layers over a task config and every value it sets is in the
+    result; a callbacks snippet adds its callbacks after the task's own (GPU snippets are run where GPUs are)."""
+    task = REPO / "configs/pretrain/vitb.yaml"
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "-c", str(REPO / "configs/pretrain/vitb.yaml"), "-c", str(REPO / "configs/trainer" / snippet),
-              "--print_config"])
+        main(["fit", "-c", str(task), "-c", str(REPO / snippet), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert_contains(printed, yaml.safe_load((REPO / "configs/trainer" / snippet).read_text()))
+    values = yaml.safe_load((REPO / snippet).read_text())
+    assert_contains(printed, values)
+    if snippet.startswith("configs/callbacks/"):
+        own = [callback["class_path"] for callback in yaml.safe_load(task.read_text())["trainer"]["callbacks"]]
+        added = [callback["class_path"] for callback in values["trainer"].get("callbacks+", [])]
+        assert added and [callback["class_path"] for callback in printed["trainer"]["callbacks"]] == own + added
 
 
 def test_tensorboard_logger_gets_scalars_and_pictures(pair_shards, tmp_path, monkeypatch):
@@ -107,9 +132,9 @@ def test_tensorboard_logger_gets_scalars_and_pictures(pair_shards, tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
-          "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--model.init_args.picture_every_n_steps=1",
-          "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir=tb"])
-    run = tmp_path / "tb/lightning_logs/version_0"
+          "-c", str(REPO / "configs/logger/tensorboard.yaml"), "--trainer.max_steps=2", "--trainer.log_every_n_steps=1",
+          "--model.init_args.picture_every_n_steps=1"])
+    run = tmp_path / "runs/tensorboard/version_0"
     events = EventAccumulator(str(run), size_guidance={"images": 0})
     events.Reload()
     assert {"loss", "loss/cross_view", "loss/cross_pose", "val/loss"} <= set(events.Tags()["scalars"])

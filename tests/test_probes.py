@@ -56,28 +56,28 @@ def test_probe_scores_tell_informative_tokens_from_noise(probe_shards):
     assert pooled(informative, grid).shape == (90, 5 * informative.shape[-1])
 
 
-def logged_probes(logs: Path, logger: str) -> dict[str, list[tuple[int, float]]]:
+def logged_probes(run: Path, logger: str) -> dict[str, list[tuple[int, float]]]:
     """(step, value) of every ``probe/*`` scalar, as the logger wrote them to disk."""
-    if logger == "CSVLogger":
-        with open(logs / "lightning_logs/version_0/metrics.csv") as f:
+    if logger == "csv":
+        with open(run / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
         names = [name for name in rows[0] if name.startswith("probe/")]
         return {name: [(int(row["step"]), float(row[name])) for row in rows if row[name]] for name in names}
-    events = EventAccumulator(str(logs / "lightning_logs/version_0"))
+    events = EventAccumulator(str(run))
     events.Reload()
     return {name: [(event.step, event.value) for event in events.Scalars(name)]
             for name in events.Tags()["scalars"] if name.startswith("probe/")}
 
 
-@pytest.mark.parametrize("logger", ["CSVLogger", "TensorBoardLogger"])
+@pytest.mark.parametrize("logger", ["csv", "tensorboard"])
 def test_a_pretraining_run_logs_probes_at_step_zero_and_every_validation(pair_shards, probe_shards, tmp_path,
                                                                         monkeypatch, capsys, logger):
+    """The probes and logger snippets over the hand demo, which has no probes of its own."""
     monkeypatch.chdir(tmp_path)
-    main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
-          "--trainer.max_steps=4", f"--trainer.logger=lightning.pytorch.loggers.{logger}",
-          "--trainer.logger.save_dir=logs", "--trainer.callbacks+=lightning_modules.probes.OnlineProbes",
-          f"--trainer.callbacks.shards={probe_shards}", "--trainer.callbacks.samples=60"])
-    probes = logged_probes(tmp_path / "logs", logger)
+    main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo_hand.yaml"), "-c", str(REPO / "configs/callbacks/probes.yaml"),
+          "-c", str(REPO / f"configs/logger/{logger}.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
+          "--trainer.max_steps=4", f"--trainer.callbacks.shards={probe_shards}", "--trainer.callbacks.samples=60"])
+    probes = logged_probes(tmp_path / "runs" / logger / "version_0", logger)
     assert [step for step, _ in probes["probe/keypoints_2d_pck"]] == [0, 2, 4]  # the floor, then each validation
     assert all(0 <= value <= 1 for _, value in probes["probe/keypoints_2d_pck"])
     mpjpe = [value for _, value in probes["probe/joints_3d_mpjpe_mm"]]

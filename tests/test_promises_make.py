@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crocoman.main import cli
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make, as the README's commands do")
@@ -45,6 +46,16 @@ def leave_files_of_a_previous_run(folder: Path, target: str) -> None:
         path = folder / line.removeprefix("touch ")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
+
+
+def checkpoint_folders() -> list[str]:
+    """Where the pretraining config's checkpoint callbacks write, as ``crocoman fit`` builds them from the repo root."""
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        return [callback.dirpath for callback in cli(["-c", PRETRAIN_CONFIG], run=False).trainer.checkpoint_callbacks]
+    finally:
+        os.chdir(cwd)
 
 
 def option(line: str, name: str) -> str | None:
@@ -105,8 +116,7 @@ def test_make_finetune_pretrains_first_when_the_checkpoint_is_missing_and_render
     assert data_folders(config) <= set(data) and max(data.values()) < validate
     # The config starts from the checkpoint that pretraining leaves.
     (pretrained,) = values(yaml.safe_load((REPO / config).read_text()), "pretrained")
-    checkpoints = values(yaml.safe_load((REPO / PRETRAIN_CONFIG).read_text()), "dirpath")
-    assert pretrained in [f"{path}/last.ckpt" for path in checkpoints]
+    assert pretrained in [os.path.relpath(Path(folder, "last.ckpt"), REPO) for folder in checkpoint_folders()]
     leave_files_of_a_previous_run(folder, target)
     assert dry_run(folder, target) == fresh[validate:]  # everything there: validate and fit only
     (folder / pretrained).unlink()
