@@ -127,7 +127,11 @@ class CrocoTask(LightningModule):
                 checkpoint(block)
         if self.device_mesh is None:
             return
-        mesh = self.device_mesh["data_parallel"]
+        # The whole (nodes x devices) mesh: with two dimensions fully_shard replicates over the first and shards
+        # over the second (HSDP), so parameters are sharded across a node's devices and gradients are averaged
+        # over every rank. Lightning's "auto" sizes make "data_parallel" the nodes alone: sharding over it left
+        # one node's devices training unsharded, unsynchronised copies.
+        mesh = self.device_mesh
         for block in self.backbone.transformer_blocks():
             fully_shard(block, mesh=mesh)
         fully_shard(self, mesh=mesh)

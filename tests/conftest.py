@@ -4,6 +4,7 @@ import os
 import random
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from crocoman.synth import write_pair_shards
 
@@ -102,9 +104,21 @@ def finish_wandb_runs():
     wandb.finish()
 
 
+def end_state(checkpoint: Path) -> dict:
+    """A checkpoint file's entries; for a distributed checkpoint folder (FSDP2) the same entries, gathered from
+    its shards (tensors) and ``meta.pt`` (the rest)."""
+    if not checkpoint.is_dir():
+        return torch.load(checkpoint, weights_only=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        dcp_to_torch_save(checkpoint, Path(scratch, "whole.pt"))
+        tensors = torch.load(Path(scratch, "whole.pt"), weights_only=True)
+    return {**torch.load(checkpoint / "meta.pt", weights_only=True), "state_dict": tensors["state_dict"],
+            "optimizer_states": [tensors["optimizer_0"]]}
+
+
 def assert_same_end_state(checkpoint: Path, reference: Path, step: int) -> None:
     """Two runs ended at ``step`` with the same weights, optimiser state, learning rates and LR schedule."""
-    ends = [torch.load(path, weights_only=True) for path in (checkpoint, reference)]
+    ends = [end_state(path) for path in (checkpoint, reference)]
     assert ends[0]["global_step"] == ends[1]["global_step"] == step
     for name, tensor in ends[1]["state_dict"].items():
         assert torch.equal(ends[0]["state_dict"][name], tensor), name

@@ -45,7 +45,7 @@ class BatchRecorder(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         out = Path(os.environ["CROCOMAN_RECORD_DIR"], f"rank{trainer.global_rank}.json")
         block = pl_module.backbone.transformer_blocks()[0]
-        sharded = all(isinstance(p, DTensor) for p in block.parameters())
+        sharded = all(isinstance(p, DTensor) and p.to_local().numel() < p.numel() for p in block.parameters())
         checkpointed = "checkpoint" in (_get_registry(block) or {})  # composable activation checkpointing
         out.write_text(json.dumps({"train_batches": self.train_batches, "val_keys": self.val_keys,
                                    "world_size": trainer.world_size, "blocks_sharded": sharded,

@@ -203,17 +203,19 @@ def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(ddp_shards,
         assert torch.equal(at_start[name], tensor), name
 
 
-def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path):
+@pytest.mark.parametrize("snippet", ["ddp.yaml", "fsdp2.yaml"])
+def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path, snippet):
     """Stopped after step 6 of 12 and resumed from its last checkpoint: on both ranks, every step's loss is
-    the one the uninterrupted run logged, and the run ends with the same weights, optimiser state and LR."""
+    the one the uninterrupted run logged, and the run ends with the same weights, optimiser state and LR
+    (under FSDP2 from its distributed checkpoint folders)."""
     stream = "--trainer.callbacks+=tests.recorders.TrainStream"
     uninterrupted, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
     for workdir in uninterrupted, stopped:
         workdir.mkdir()
-    assert run_two_ranks(ddp_shards, "ddp.yaml", uninterrupted, stream, "--trainer.max_steps=12").returncode == 0
-    assert run_two_ranks(ddp_shards, "ddp.yaml", stopped, stream, "--trainer.max_steps=12",
+    assert run_two_ranks(ddp_shards, snippet, uninterrupted, stream, "--trainer.max_steps=12").returncode == 0
+    assert run_two_ranks(ddp_shards, snippet, stopped, stream, "--trainer.max_steps=12",
                          "--trainer.callbacks+=tests.recorders.StopAtStep", "--trainer.callbacks.step=6").returncode == 0
-    resumed = run_two_ranks(ddp_shards, "ddp.yaml", stopped, stream, "--trainer.max_steps=12", "--ckpt_path=last")
+    resumed = run_two_ranks(ddp_shards, snippet, stopped, stream, "--trainer.max_steps=12", "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     lines = (stopped / "stream-rank0.jsonl").read_text().splitlines()
     assert len(lines) < 6 + 12  # the second run continued from a checkpoint, it did not start over
