@@ -11,7 +11,6 @@ there yet or one that records nothing, the config's sizes apply, and ``CroCoNet`
 """
 
 import json
-from importlib import import_module
 from pathlib import Path
 
 from jsonargparse import ArgumentParser, Namespace
@@ -19,14 +18,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from backbone.croco import CroCoNet
 from backbone.weights import recorded_architecture
+from crocoman.class_paths import names_subclass
 
 BACKBONE_ARGUMENTS = "model.init_args.backbone.init_args"
-
-
-def is_croconet(class_path: str | None) -> bool:
-    module, _, name = (class_path or "").rpartition(".")
-    cls = getattr(import_module(module), name, None) if module else None
-    return isinstance(cls, type) and issubclass(cls, CroCoNet)
 
 
 def sizes_from_pretrained(parser: ArgumentParser, command: list[str]) -> list[str]:
@@ -38,7 +32,7 @@ def sizes_from_pretrained(parser: ArgumentParser, command: list[str]) -> list[st
     if not isinstance(model, Namespace):
         return []
     pretrained, backbone = model.get("init_args.pretrained"), model.get("init_args.backbone")
-    if not (pretrained and isinstance(backbone, Namespace) and is_croconet(backbone.get("class_path"))
+    if not (pretrained and isinstance(backbone, Namespace) and names_subclass(backbone.get("class_path"), CroCoNet)
             and Path(pretrained).exists()):
         return []
     recorded = recorded_architecture(pretrained)

@@ -1,6 +1,5 @@
 """The LightningCLI behind ``crocoman``, plus what resuming needs beyond Lightning's own restore."""
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from crocoman.backbone_sizes import sizes_from_pretrained
+from crocoman.class_paths import names_subclass
 from lightning_modules.loggers import WandbLogger
 
 
@@ -42,13 +42,14 @@ class CrocomanCLI(LightningCLI):
             return
         loggers = trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
-            if isinstance(logger, Namespace) and "save_dir" in logger.get("init_args", {}) \
-                    and logger.init_args.save_dir is None:
-                logger.init_args.save_dir = root
+            init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+            if init_args is not None and "save_dir" in init_args and init_args.save_dir is None:
+                init_args.save_dir = root
         for callback in trainer.get("callbacks") or []:
-            if isinstance(callback, Namespace) and issubclass(imported(callback.class_path), ModelCheckpoint) \
-                    and callback.get("init_args", {}).get("dirpath") is None:
-                callback.init_args.dirpath = str(Path(root, "checkpoints"))
+            init_args = callback.get("init_args") if isinstance(callback, Namespace) else None
+            if init_args is not None and init_args.get("dirpath") is None \
+                    and names_subclass(callback.class_path, ModelCheckpoint):
+                init_args.dirpath = str(Path(root, "checkpoints"))
 
     def before_fit(self) -> None:
         self._drop_lr_monitor_without_logger()
@@ -83,11 +84,6 @@ class CrocomanCLI(LightningCLI):
             existing = [path for path in candidates if path.exists()]
             return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
         return Path(ckpt_path) if ckpt_path and Path(ckpt_path).exists() else None
-
-
-def imported(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def checkpoint_metadata(path: Path) -> dict:

@@ -2,6 +2,8 @@
 in one where earlier runs left their files, and that the configs it runs read what it renders. The runs themselves
 are not made here: the targets' data sizes are fixed (1000 groups and more), minutes of rendering each."""
 
+import contextlib
+import functools
 import os
 import re
 import shlex
@@ -48,14 +50,12 @@ def leave_files_of_a_previous_run(folder: Path, target: str) -> None:
         path.touch()
 
 
-def checkpoint_folders() -> list[str]:
+@functools.cache
+def checkpoint_folders() -> tuple[str, ...]:
     """Where the pretraining config's checkpoint callbacks write, as ``crocoman fit`` builds them from the repo root."""
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        return [callback.dirpath for callback in cli(["-c", PRETRAIN_CONFIG], run=False).trainer.checkpoint_callbacks]
-    finally:
-        os.chdir(cwd)
+    with contextlib.chdir(REPO):
+        built = cli(["-c", PRETRAIN_CONFIG], run=False)
+    return tuple(callback.dirpath for callback in built.trainer.checkpoint_callbacks)
 
 
 def option(line: str, name: str) -> str | None:
