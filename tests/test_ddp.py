@@ -18,6 +18,7 @@ from backbone.weights import ENCODER_KEYS, load_encoder
 from tests.conftest import REPO, assert_same_end_state, run_job
 from tests.test_cli import TINY_MODEL
 from tests.test_gesture import write_toy_shards
+from crocoman.cli import checkpoint_metadata
 from crocoman.main import main
 from crocoman.synth import write_pair_shards
 
@@ -140,32 +141,6 @@ def test_compiled_blocks_train_as_eager_ones_on_two_ranks(ddp_shards, tmp_path, 
     assert changes[True] == pytest.approx(changes[False], rel=1e-3) and changes[False] > 0
 
 
-def test_fsdp2_runs_resume_from_their_distributed_checkpoint_and_wandb_run(ddp_shards, tmp_path):
-    """FSDP2 writes `last.ckpt` as a folder (sharded tensors + metadata); `--ckpt_path last` continues from it:
-    step counter and the same W&B run."""
-    wandb_logger = ("--trainer.logger=lightning_modules.loggers.WandbLogger", "--trainer.logger.save_dir=wb",
-                    "--trainer.callbacks+=tests.recorders.WandbRun")
-    first = run_two_ranks(ddp_shards, "fsdp2.yaml", tmp_path, *wandb_logger)
-    assert first.returncode == 0, first.stderr[-3000:]
-    last = tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt"
-    assert last.is_dir()
-    resumed = run_two_ranks(ddp_shards, "fsdp2.yaml", tmp_path, *wandb_logger, "--trainer.max_steps=12",
-                            "--ckpt_path=last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    metadata = torch.load(last / "meta.pt", weights_only=True)
-    assert metadata["global_step"] == 12
-    runs = [json.loads(line) for line in (tmp_path / "wandb-runs.jsonl").read_text().splitlines()]
-    assert len(runs) == 2 and {run["id"] for run in runs} == {metadata["wandb_run_id"]}  # one run, continued
-    assert {Path(run["folder"]) for run in runs} == set((tmp_path / "wb/wandb").glob("offline-run-*"))
-    # Fine-tuning starts from the folder as from a file (`pretrained: .../last.ckpt`): full, trained tensors.
-    backbone = CroCoNet(img_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
-                        decoder_num_heads=2)
-    initial = backbone.enc_blocks[0].attn.qkv.weight.detach().clone()
-    report = load_encoder(last, backbone)
-    assert report.matched and not report.missing and not report.shape_mismatched
-    assert not torch.equal(backbone.enc_blocks[0].attn.qkv.weight, initial)
-
-
 def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(ddp_shards, tmp_path, monkeypatch, caplog):
     """README: a fine-tuning config's `pretrained:` takes FSDP2's distributed checkpoint folder as it takes a
     file. Pretrained for 2 steps on two gloo ranks under fsdp2.yaml, then gesture_cpu.yaml through the CLI with
@@ -205,17 +180,20 @@ def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(ddp_shards,
 
 @pytest.mark.parametrize("snippet", ["ddp.yaml", "fsdp2.yaml"])
 def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path, snippet):
-    """Stopped after step 6 of 12 and resumed from its last checkpoint: on both ranks, every step's loss is
-    the one the uninterrupted run logged, and the run ends with the same weights, optimiser state and LR
-    (under FSDP2 from its distributed checkpoint folders)."""
+    """Stopped after step 6 of 12 and resumed from its last checkpoint (under FSDP2 a folder: sharded tensors +
+    metadata): on both ranks, every step's loss is the one the uninterrupted run logged, the run ends with the
+    same weights, optimiser state and LR, it continued the same W&B run, and fine-tuning loads its encoder."""
     stream = "--trainer.callbacks+=tests.recorders.TrainStream"
+    wandb_logger = ("--trainer.logger=lightning_modules.loggers.WandbLogger", "--trainer.logger.save_dir=wb",
+                    "--trainer.callbacks+=tests.recorders.WandbRun")
     uninterrupted, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
     for workdir in uninterrupted, stopped:
         workdir.mkdir()
     assert run_two_ranks(ddp_shards, snippet, uninterrupted, stream, "--trainer.max_steps=12").returncode == 0
-    assert run_two_ranks(ddp_shards, snippet, stopped, stream, "--trainer.max_steps=12",
+    assert run_two_ranks(ddp_shards, snippet, stopped, stream, *wandb_logger, "--trainer.max_steps=12",
                          "--trainer.callbacks+=tests.recorders.StopAtStep", "--trainer.callbacks.step=6").returncode == 0
-    resumed = run_two_ranks(ddp_shards, snippet, stopped, stream, "--trainer.max_steps=12", "--ckpt_path=last")
+    resumed = run_two_ranks(ddp_shards, snippet, stopped, stream, *wandb_logger, "--trainer.max_steps=12",
+                            "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     lines = (stopped / "stream-rank0.jsonl").read_text().splitlines()
     assert len(lines) < 6 + 12  # the second run continued from a checkpoint, it did not start over
@@ -228,4 +206,15 @@ def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path, s
             assert rerun[step]["keys"] == reference[step]["keys"], (rank, step)
             assert rerun[step]["loss"] == reference[step]["loss"], (rank, step)
     last = Path("runs/pretrain_cpu_demo/checkpoints/last.ckpt")
+    assert (stopped / last).is_dir() == (snippet == "fsdp2.yaml")
     assert_same_end_state(stopped / last, uninterrupted / last, step=12)
+    runs = [json.loads(line) for line in (stopped / "wandb-runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 2 and {run["id"] for run in runs} == {checkpoint_metadata(stopped / last)["wandb_run_id"]}
+    assert {Path(run["folder"]) for run in runs} == set((stopped / "wb/wandb").glob("offline-run-*"))
+    # Fine-tuning starts from the folder as from a file (`pretrained: .../last.ckpt`): full, trained tensors.
+    backbone = CroCoNet(img_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                        decoder_num_heads=2)
+    initial = backbone.enc_blocks[0].attn.qkv.weight.detach().clone()
+    report = load_encoder(stopped / last, backbone)
+    assert report.matched and not report.missing and not report.shape_mismatched
+    assert not torch.equal(backbone.enc_blocks[0].attn.qkv.weight, initial)
