@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 from torch.distributed._composable import checkpoint
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 
 from backbone.croco import CroCoNet
 from backbone.weights import ARCHITECTURE_KEY, load_croco
@@ -207,6 +207,17 @@ class CrocoTask(LightningModule):
     def load_pretrained(self, path: str) -> None:
         report = load_croco(path, self.backbone, self.head)
         rank_zero_info(f"Loaded pretrained weights from {path}: {report}")
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip by norm under FSDP (``fsdp.yaml``) as well: each rank holds flat shards of the gradients, so only
+        the wrapped root can take their global norm, and Lightning's FSDP precision plugin, which has no handle on
+        it, refuses norm clipping at the first step."""
+        if (isinstance(self.trainer.model, FullyShardedDataParallel) and gradient_clip_val
+                and gradient_clip_algorithm in (None, "norm")):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def global_batch_size(self) -> int:
         datamodule = self.trainer.datamodule

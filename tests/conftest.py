@@ -105,14 +105,15 @@ def finish_wandb_runs():
 
 
 def end_state(checkpoint: Path) -> dict:
-    """A checkpoint file's entries; for a distributed checkpoint folder (FSDP2) the same entries, gathered from
-    its shards (tensors) and ``meta.pt`` (the rest)."""
+    """A checkpoint file's entries; for a distributed checkpoint folder (FSDP2, FSDP) the same entries, gathered
+    from its shards (tensors: weights under ``state_dict`` from FSDP2, ``model`` from FSDP) and ``meta.pt``."""
     if not checkpoint.is_dir():
         return torch.load(checkpoint, weights_only=True)
     with tempfile.TemporaryDirectory() as scratch:
         dcp_to_torch_save(checkpoint, Path(scratch, "whole.pt"))
         tensors = torch.load(Path(scratch, "whole.pt"), weights_only=True)
-    return {**torch.load(checkpoint / "meta.pt", weights_only=True), "state_dict": tensors["state_dict"],
+    weights = tensors["state_dict"] if "state_dict" in tensors else tensors["model"]
+    return {**torch.load(checkpoint / "meta.pt", weights_only=True), "state_dict": weights,
             "optimizer_states": [tensors["optimizer_0"]]}
 
 

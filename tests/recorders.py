@@ -11,12 +11,27 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torch._dynamo.utils import counters
 from torch.distributed._composable.contract import _get_registry
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.distributed.tensor import DTensor
+from torch.nn import Module
+
+
+def block_layout(block: Module) -> tuple[bool, bool]:
+    """Whether a transformer block ended up sharded and activation-checkpointed: under FSDP2 its parameters are
+    DTensors of which this rank holds part, with composable checkpointing on it; under FSDP (``fsdp.yaml``) it
+    is a unit of its own whose flat parameter this rank holds part of, with a checkpoint wrapper inside."""
+    if isinstance(block, FullyShardedDataParallel):
+        flat = block._flat_param
+        checkpointed = any(isinstance(module, CheckpointWrapper) for module in block.modules())
+        return flat.numel() < flat._unpadded_unsharded_size.numel(), checkpointed
+    sharded = all(isinstance(p, DTensor) and p.to_local().numel() < p.numel() for p in block.parameters())
+    return sharded, "checkpoint" in (_get_registry(block) or {})
 
 
 class BatchRecorder(Callback):
     """Writes, per rank, the training batches per epoch, the keys seen in validation, whether the
-    transformer blocks ended up sharded (FSDP2 parameters are DTensors) and checkpointed, how many
+    transformer blocks ended up sharded and checkpointed (``block_layout``), how many
     graphs torch.compile built in that process, and how far training moved the parameters (L1).
 
     The output folder comes from ``CROCOMAN_RECORD_DIR`` so the callback needs no arguments.
@@ -44,12 +59,11 @@ class BatchRecorder(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         out = Path(os.environ["CROCOMAN_RECORD_DIR"], f"rank{trainer.global_rank}.json")
-        block = pl_module.backbone.transformer_blocks()[0]
-        sharded = all(isinstance(p, DTensor) and p.to_local().numel() < p.numel() for p in block.parameters())
-        checkpointed = "checkpoint" in (_get_registry(block) or {})  # composable activation checkpointing
+        layouts = [block_layout(block) for block in pl_module.backbone.transformer_blocks()]
         out.write_text(json.dumps({"train_batches": self.train_batches, "val_keys": self.val_keys,
-                                   "world_size": trainer.world_size, "blocks_sharded": sharded,
-                                   "blocks_checkpointed": checkpointed,
+                                   "world_size": trainer.world_size,
+                                   "blocks_sharded": all(sharded for sharded, _ in layouts),
+                                   "blocks_checkpointed": all(checkpointed for _, checkpointed in layouts),
                                    "compiled_graphs": counters["stats"]["unique_graphs"],
                                    "parameter_change": float(sum((p - q).abs().sum() for p, q in zip(
                                        self.full_parameters(pl_module), self.initial)))}))

@@ -1,4 +1,4 @@
-"""Real two-process DDP and FSDP2 (gloo on CPU) through the `crocoman` command and the trainer
+"""Real two-process DDP, FSDP2 and FSDP (gloo on CPU) through the `crocoman` command and the trainer
 snippets, as a cluster job runs them."""
 
 import json
@@ -32,6 +32,12 @@ def ddp_shards(tmp_path_factory):
     return out
 
 
+# What a GPU-only snippet needs to run on CPU ranks: fsdp.yaml's strategy through tests/strategies.py, its
+# precision (bf16-mixed) kept.
+CPU_STAND_INS = {"fsdp.yaml": ("--trainer.strategy.class_path=tests.strategies.CpuFSDPStrategy",
+                               "--trainer.precision=bf16-mixed")}
+
+
 def two_rank_job(shards: Path, snippet: str, workdir: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of a two-rank CPU job of the tiny pretraining model under a trainer
     snippet."""
@@ -41,7 +47,8 @@ def two_rank_job(shards: Path, snippet: str, workdir: Path, *extra: str) -> tupl
         "--data.image_size=64", "--data.batch_size=2", "--data.num_workers=2", "--data.epoch_pairs=16",
         "--data.shuffle_buffer=4", "-c", str(REPO / "configs/trainer" / snippet), "--trainer.accelerator=cpu",
         "--trainer.devices=2", "--trainer.precision=32-true", "--trainer.max_steps=8",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=logs", *extra,
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=logs",
+        *CPU_STAND_INS.get(snippet, ()), *extra,
     ]
     # As a fresh cluster job: not attached to the W&B service an earlier test started in this process
     # (wandb hands it to child processes through WANDB_SERVICE), which would keep a finished run "in use".
@@ -59,7 +66,8 @@ def run_two_ranks(shards: Path, snippet: str, workdir: Path, *extra: str) -> sub
                          [("ddp.yaml", False, "worker"), ("ddp.yaml", False, "device"), ("fsdp2.yaml", True, "worker")])
 def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path, snippet, sharded,
                                                                        augment_on):
-    # FSDP2 runs with activation checkpointing: checkpointed blocks must still shard and train.
+    # FSDP2 runs with activation checkpointing: checkpointed blocks must still shard and train. (fsdp.yaml's
+    # blocks: in the resume test below.)
     result = run_two_ranks(ddp_shards, snippet, tmp_path, "--trainer.callbacks+=tests.recorders.BatchRecorder",
                            f"--model.init_args.activation_checkpointing={sharded}", f"--data.augment_on={augment_on}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -178,18 +186,24 @@ def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(ddp_shards,
         assert torch.equal(at_start[name], tensor), name
 
 
-@pytest.mark.parametrize("snippet", ["ddp.yaml", "fsdp2.yaml"])
+@pytest.mark.parametrize("snippet", ["ddp.yaml", "fsdp2.yaml", "fsdp.yaml"])
 def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path, snippet):
-    """Stopped after step 6 of 12 and resumed from its last checkpoint (under FSDP2 a folder: sharded tensors +
-    metadata): on both ranks, every step's loss is the one the uninterrupted run logged, the run ends with the
-    same weights, optimiser state and LR, it continued the same W&B run, and fine-tuning loads its encoder."""
+    """Stopped after step 6 of 12 and resumed from its last checkpoint (under FSDP2 and FSDP a folder: sharded
+    tensors + metadata): on both ranks, every step's loss is the one the uninterrupted run logged, the run ends
+    with the same weights, optimiser state and LR, it continued the same W&B run, and fine-tuning loads its
+    encoder. The uninterrupted run also records how the snippet laid out the transformer blocks."""
     stream = "--trainer.callbacks+=tests.recorders.TrainStream"
     wandb_logger = ("--trainer.logger=lightning_modules.loggers.WandbLogger", "--trainer.logger.save_dir=wb",
                     "--trainer.callbacks+=tests.recorders.WandbRun")
     uninterrupted, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
     for workdir in uninterrupted, stopped:
         workdir.mkdir()
-    assert run_two_ranks(ddp_shards, snippet, uninterrupted, stream, "--trainer.max_steps=12").returncode == 0
+    assert run_two_ranks(ddp_shards, snippet, uninterrupted, stream, "--trainer.max_steps=12",
+                         "--trainer.callbacks+=tests.recorders.BatchRecorder").returncode == 0
+    # How the snippet laid out the blocks: fsdp.yaml makes each an FSDP unit of its own, sharded and checkpointed.
+    layout = [json.loads((uninterrupted / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert all(r["world_size"] == 2 and r["blocks_sharded"] == (snippet != "ddp.yaml") for r in layout)
+    assert all(r["blocks_checkpointed"] == (snippet == "fsdp.yaml") for r in layout)
     assert run_two_ranks(ddp_shards, snippet, stopped, stream, *wandb_logger, "--trainer.max_steps=12",
                          "--trainer.callbacks+=tests.recorders.StopAtStep", "--trainer.callbacks.step=6").returncode == 0
     resumed = run_two_ranks(ddp_shards, snippet, stopped, stream, *wandb_logger, "--trainer.max_steps=12",
@@ -206,7 +220,7 @@ def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path, s
             assert rerun[step]["keys"] == reference[step]["keys"], (rank, step)
             assert rerun[step]["loss"] == reference[step]["loss"], (rank, step)
     last = Path("runs/pretrain_cpu_demo/checkpoints/last.ckpt")
-    assert (stopped / last).is_dir() == (snippet == "fsdp2.yaml")
+    assert (stopped / last).is_dir() == (snippet != "ddp.yaml")
     assert_same_end_state(stopped / last, uninterrupted / last, step=12)
     runs = [json.loads(line) for line in (stopped / "wandb-runs.jsonl").read_text().splitlines()]
     assert len(runs) == 2 and {run["id"] for run in runs} == {checkpoint_metadata(stopped / last)["wandb_run_id"]}

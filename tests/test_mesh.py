@@ -25,7 +25,7 @@ from heads.parametric import ParametricHead
 from lightning_modules import MeshRecoveryModule
 from lightning_modules.mesh_metrics import MeanPointError
 from tests.conftest import REPO
-from tests.test_gesture import ON_CPU, TINY_MODEL, data_args
+from tests.test_gesture import ON_CPU, TINY_MODEL, data_args, fit_cpu_config_from_the_demo
 from crocoman.main import main
 from crocoman.synth import write_labelled_shards
 from crocoman.synth.bodymodel import write_body_models
@@ -91,24 +91,34 @@ def mesh_shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return shards
 
 
-def config_arguments(config: str, shards: dict[str, Path], models: Path) -> list[str]:
-    """A config at tiny size on CPU, reading the test's shards and model files."""
+def data_and_models(config: str, shards: dict[str, Path], models: Path) -> list[str]:
+    """What a config reads, pointed at the test's shards and model files, with a small head."""
     task = "hand" if config.startswith("hand") else "body"
     text = (REPO / "configs/finetune" / config).read_text()
     models_of = ["--model.init_args.body_model.init_args.model_path=" + str(models)]
     if "heads.VertexHead" in text:
         models_of.append("--model.init_args.head.init_args.model_path=" + str(models))
     head = TINY_MAPS if "heads.JointMapHead" in text else TINY_HEAD
-    return ["-c", str(REPO / "configs/finetune" / config), *TINY_MODEL, *head, *data_args(shards[task], 32),
-            *models_of, "--model.init_args.pretrained=null", *ON_CPU]
+    return [*head, *data_args(shards[task], 32), *models_of]
+
+
+def config_arguments(config: str, shards: dict[str, Path], models: Path) -> list[str]:
+    """A config at tiny size on CPU, from no checkpoint, reading the test's shards and model files."""
+    return ["-c", str(REPO / "configs/finetune" / config), *TINY_MODEL, *data_and_models(config, shards, models),
+            "--model.init_args.pretrained=null", *ON_CPU]
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_mesh_config_runs_two_steps_through_the_cli(config, mesh_shards, body_model_root, tmp_path,
-                                                          monkeypatch):
+                                                          monkeypatch, caplog):
+    """The GPU configs at tiny size; the `_cpu` ones at their own, from the `make pretrain` checkpoint they name."""
     monkeypatch.chdir(tmp_path)
-    main(["fit", *config_arguments(config, mesh_shards, body_model_root), "--trainer.max_steps=2"])
-    run = next((tmp_path / "runs").iterdir())
+    if config.endswith("_cpu.yaml"):
+        demo_arguments = data_and_models(config, mesh_shards, body_model_root)
+        fit_cpu_config_from_the_demo(config.removesuffix(".yaml"), demo_arguments, caplog)
+    else:
+        main(["fit", *config_arguments(config, mesh_shards, body_model_root), "--trainer.max_steps=2"])
+    run = next(folder for folder in (tmp_path / "runs").iterdir() if folder.name != "pretrain_cpu_demo")
     checkpoint = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2
     assert not any(key.startswith("body_model.") for key in checkpoint["state_dict"])  # licensed arrays stay out

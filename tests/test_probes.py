@@ -56,6 +56,29 @@ def test_probe_scores_tell_informative_tokens_from_noise(probe_shards):
     assert pooled(informative, grid).shape == (90, 5 * informative.shape[-1])
 
 
+def test_probes_fit_on_the_first_two_thirds_and_score_on_the_rest(probe_shards):
+    """README: fitted on 400 of the 600 people, scored on the other 200. Scores equal a ridge fitted on the first
+    two thirds and scored on the last third, and differ from any other split's (here 60 / 30 of 90)."""
+    assert OnlineProbes("unused").samples == 600
+    probes = OnlineProbes(str(probe_shards), samples=90)
+    probes.data = probes.load(64)
+    joints = probes.data["keypoints_3d"][..., :3]
+    relative = joints - joints[:, :1]
+    generator = torch.Generator().manual_seed(0)
+    pose = relative.flatten(1)[:, None].expand(-1, 64, -1)
+    tokens = pose + 0.05 * torch.randn(pose.shape, generator=generator)  # every token knows the pose, roughly
+    features = pooled(tokens, (8, 8))
+
+    def mpjpe_mm(fitted: int) -> float:
+        predicted = ridge(features[:fitted], relative[:fitted].flatten(1), features[fitted:]).view_as(
+            relative[fitted:])
+        return float(1000 * (predicted - relative[fitted:]).norm(dim=-1).mean())
+
+    scored = probes.scores(tokens, (8, 8))["joints_3d_mpjpe_mm"]
+    assert scored == pytest.approx(mpjpe_mm(60), rel=1e-6)
+    assert all(scored != pytest.approx(mpjpe_mm(fitted), rel=1e-3) for fitted in (45, 59, 61, 75))
+
+
 def logged_probes(run: Path, logger: str) -> dict[str, list[tuple[int, float]]]:
     """(step, value) of every ``probe/*`` scalar, as the logger wrote them to disk."""
     if logger == "csv":

@@ -1,8 +1,11 @@
 """README promises of the data side: loader workers that start afresh every epoch, ``augment_on`` in every
-labelled DataModule, and the converters' defaults (crop size, samples per shard)."""
+labelled DataModule, the converters' defaults (crop size, samples per shard) and the shard counts the README's
+table derives from them."""
 
 import importlib
+import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import torch
 from datamodules import LabelledDataModule, MeshDataModule, PairDataModule
 from datamodules.base import ShardDataModule
 from datamodules.shards import StreamSeeds
+from tests.conftest import REPO
 from crocoman.convert import CONVERTERS
 from crocoman.data import main as data_main
 from crocoman.synth import write_labelled_shards
@@ -104,3 +108,37 @@ def test_converters_crop_224_px_and_write_100_samples_a_shard_by_default(dataset
     assert defaults["samples_per_shard"] == 100
     chosen = parsed_options(dataset, monkeypatch, "--samples-per-shard", "7", "--size", "96")
     assert (chosen["samples_per_shard"], chosen["size"]) == (7, 96)
+
+
+# Where the README's fine-tuning table row of each converter gives its sample and shard counts: as "samples /
+# ... then shards / ..." (three splits) or "samples, shards, samples, shards" (two).
+LABEL_TABLE_COUNTS = {
+    "threedpw": r"~(\S+) / (\S+) / (\S+) train / val / test crops, ~(\S+) / (\S+) / (\S+) shards",
+    "freihand": r"up to (\S+) train crops .*? in (\S+) shards; (\S+) test in (\S+) ",
+    "densepose_coco": r"~(\S+) train people \(~(\S+) shards\), ~(\S+) minival \(~(\S+)\)",
+    "hagrid": r"v2: ~(\S+) / (\S+) / (\S+) boxes, ~(\S+) / (\S+) / (\S+) shards",
+}
+
+
+def figure(text: str) -> float:
+    """A count as the README writes it: 130,240 / 23k / 1.4k / 1.1M."""
+    text = text.replace(",", "")
+    scale = {"k": 1e3, "M": 1e6}.get(text[-1], 1)
+    return float(text.rstrip("kM")) * scale
+
+
+@pytest.mark.parametrize("dataset", sorted(LABEL_TABLE_COUNTS))
+def test_the_label_tables_shard_counts_are_its_sample_counts_at_100_a_shard(dataset: str, monkeypatch):
+    """README's fine-tuning table: each split's shard count is its sample count over the converter's default
+    samples per shard (exactly where the counts are exact, to the written precision where they are "~").
+    The sample counts themselves are the datasets' published sizes, which only a real conversion shows."""
+    per_shard = parsed_options(dataset, monkeypatch)["samples_per_shard"]
+    row = next(line for line in (REPO / "README.md").read_text().splitlines()
+               if line.startswith("|") and f"crocoman-data convert {dataset} " in line)
+    counts = [figure(group) for group in re.search(LABEL_TABLE_COUNTS[dataset], row).groups()]
+    pairs = list(zip(counts[:3], counts[3:])) if len(counts) == 6 else [tuple(counts[i:i + 2]) for i in (0, 2)]
+    for samples, shards in pairs:
+        if "~" in row:
+            assert shards == pytest.approx(samples / per_shard, rel=0.05), (samples, shards)
+        else:
+            assert shards == math.ceil(samples / per_shard), (samples, shards)
