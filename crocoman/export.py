@@ -26,12 +26,21 @@ def export(argv: list[str] | None = None) -> Path:
                              "timm: encoder .safetensors for timm's vit_*_patch16_rope models")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
+    for option, path in ("--config", args.config), ("--checkpoint", args.checkpoint):
+        if not path.exists():
+            parser.error(f"{option} {path}: not found")
 
-    model = yaml.safe_load(args.config.read_text())["model"]["init_args"]
+    model = (yaml.safe_load(args.config.read_text()) or {}).get("model", {}).get("init_args", {})
+    if not {"backbone", "head"} <= model.keys():
+        parser.error(f"--config {args.config}: no model.init_args.backbone and head: give the config.yaml the run "
+                     f"wrote beside its logs")
     backbone = instantiate_class((), model["backbone"])
     head = instantiate_class((), model["head"])
     head.bind(backbone)
-    report = load_croco(args.checkpoint, backbone, head, strict=True)
+    try:
+        report = load_croco(args.checkpoint, backbone, head, strict=True)
+    except (ValueError, RuntimeError) as error:  # unreadable, or not this config's network: say so, no traceback
+        parser.exit(1, f"crocoman-export: {args.checkpoint} with {args.config}: {error}\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "croco":
         torch.save(to_croco_checkpoint(backbone, head), args.out)

@@ -15,10 +15,12 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from backbone import CroCoNet
 from backbone.weights import ENCODER_KEYS, load_encoder
-from tests.conftest import REPO, assert_same_end_state, run_job
+from heads.completion import build_from_croco
+from tests.conftest import REPO, assert_same_end_state, end_state, run_job
 from tests.test_cli import TINY_MODEL
 from tests.test_gesture import write_toy_shards
 from crocoman.cli import checkpoint_metadata
+from crocoman.export import export
 from crocoman.main import main
 from crocoman.synth import write_pair_shards
 
@@ -190,8 +192,8 @@ def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(ddp_shards,
 def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path, snippet):
     """Stopped after step 6 of 12 and resumed from its last checkpoint (under FSDP2 and FSDP a folder: sharded
     tensors + metadata): on both ranks, every step's loss is the one the uninterrupted run logged, the run ends
-    with the same weights, optimiser state and LR, it continued the same W&B run, and fine-tuning loads its
-    encoder. The uninterrupted run also records how the snippet laid out the transformer blocks."""
+    with the same weights, optimiser state and LR, it continued the same W&B run, and fine-tuning and
+    crocoman-export read its weights. The uninterrupted run also records how the snippet laid out the blocks."""
     stream = "--trainer.callbacks+=tests.recorders.TrainStream"
     wandb_logger = ("--trainer.logger=lightning_modules.loggers.WandbLogger", "--trainer.logger.save_dir=wb",
                     "--trainer.callbacks+=tests.recorders.WandbRun")
@@ -225,10 +227,13 @@ def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path, s
     runs = [json.loads(line) for line in (stopped / "wandb-runs.jsonl").read_text().splitlines()]
     assert len(runs) == 2 and {run["id"] for run in runs} == {checkpoint_metadata(stopped / last)["wandb_run_id"]}
     assert {Path(run["folder"]) for run in runs} == set((stopped / "wb/wandb").glob("offline-run-*"))
-    # Fine-tuning starts from the folder as from a file (`pretrained: .../last.ckpt`): full, trained tensors.
+    # Fine-tuning (`pretrained: .../last.ckpt`) and crocoman-export take the folder as a file: the trained tensors.
+    trained = end_state(uninterrupted / last)["state_dict"]["backbone.enc_blocks.0.attn.qkv.weight"]
     backbone = CroCoNet(img_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
                         decoder_num_heads=2)
-    initial = backbone.enc_blocks[0].attn.qkv.weight.detach().clone()
     report = load_encoder(stopped / last, backbone)
     assert report.matched and not report.missing and not report.shape_mismatched
-    assert not torch.equal(backbone.enc_blocks[0].attn.qkv.weight, initial)
+    assert torch.equal(backbone.enc_blocks[0].attn.qkv.weight, trained)
+    exported = export(["--config", str(uninterrupted / "logs/lightning_logs/version_0/config.yaml"),
+                       "--checkpoint", str(stopped / last), "--format", "croco", "--out", str(tmp_path / "croco.pth")])
+    assert torch.equal(build_from_croco(exported)[0].enc_blocks[0].attn.qkv.weight, trained)

@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from backbone import CroCoNet
@@ -59,7 +61,29 @@ def test_export_croco_and_timm_from_a_trained_run(pair_shards, tmp_path, monkeyp
         ours = encoder.encode(images)[0]
         torch.testing.assert_close(vit.forward_features((images - mean) / std), ours, rtol=1e-5, atol=1e-5)
         assert ours.shape == (2, 16, 32) and ours.std() > 0.1  # tokens of every patch, not a constant
-    # ... and non-zero, naming the file, when the checkpoint is not there.
+    # ... and non-zero, naming the file, when the checkpoint is not there: one line, not a traceback.
     failed = subprocess.run([command, "--config", str(run / "config.yaml"), "--checkpoint", "missing.ckpt",
                              "--format", "timm", "--out", "x.safetensors"], capture_output=True, text=True)
-    assert failed.returncode != 0 and "missing.ckpt" in failed.stderr
+    assert failed.returncode == 2 and "--checkpoint missing.ckpt: not found" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+def test_export_says_what_is_wrong_with_its_input(pair_shards, tmp_path, monkeypatch, capsys):
+    """A config that is not a run's, and a checkpoint of another network: one line each, exit status 2 / 1."""
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
+          "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--trainer.logger=false"])
+    run = tmp_path / "runs/pretrain_cpu_demo"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["init_args"]["backbone"]["init_args"]["num_heads"] = 4  # the same shapes but ...
+    config["model"]["init_args"]["backbone"]["init_args"]["embed_dim"] = 64  # ... not these
+    (tmp_path / "wider.yaml").write_text(yaml.safe_dump(config))
+    checkpoint = ["--checkpoint", str(run / "checkpoints/last.ckpt"), "--format", "timm", "--out", "x.safetensors"]
+    for config_file, status, message in [
+            (REPO / "configs/trainer/ddp.yaml", 2, "no model.init_args.backbone and head"),
+            (tmp_path / "wider.yaml", 1, "checkpoint does not fit the model")]:
+        with pytest.raises(SystemExit) as exit_info:
+            export(["--config", str(config_file), *checkpoint])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == status and message in error and str(config_file) in error, error
+    assert not (tmp_path / "x.safetensors").exists()
