@@ -67,24 +67,59 @@ def run_two_ranks(shards: Path, snippet: str, workdir: Path, *extra: str) -> sub
     return run_job(command, workdir, env, timeout=300)
 
 
-@pytest.mark.parametrize(("snippet", "sharded", "augment_on"),
-                         [("ddp.yaml", False, "worker"), ("ddp.yaml", False, "device"), ("fsdp2.yaml", True, "worker")])
-def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path, snippet, sharded,
+def reference_options(snippet: str) -> tuple[str, ...]:
+    """How the reference run trains under a snippet: 12 steps (3 epochs of 4 batches per rank), clipping that acts,
+    every step recorded; under FSDP2 with the module's activation checkpointing (checkpointed blocks must still
+    shard and train; fsdp.yaml checkpoints its blocks by its own policy)."""
+    return (TRAIN_STREAM, CLIPPING, "--trainer.max_steps=12",
+            f"--model.init_args.activation_checkpointing={snippet == 'fsdp2.yaml'}")
+
+
+@pytest.fixture(scope="module")
+def reference_run(ddp_shards, tmp_path_factory) -> Callable[[str], Path]:
+    """The folder of a two-rank run under a snippet with ``reference_options`` and a BatchRecorder (its stderr in
+    stderr.txt), made once per snippet for this module: the batches, resume, compile, snippet-comparison and
+    fine-tuning tests all read it."""
+    runs: dict[str, Path] = {}
+
+    def run(snippet: str) -> Path:
+        if snippet not in runs:
+            workdir = tmp_path_factory.mktemp(f"reference-{snippet.removesuffix('.yaml')}")
+            result = run_two_ranks(ddp_shards, snippet, workdir, *reference_options(snippet),
+                                   "--trainer.callbacks+=tests.recorders.BatchRecorder")
+            assert result.returncode == 0, result.stderr[-3000:]
+            (workdir / "stderr.txt").write_text(result.stderr)
+            runs[snippet] = workdir
+        return runs[snippet]
+
+    return run
+
+
+@pytest.mark.parametrize(("snippet", "augment_on"), [("ddp.yaml", "worker"), ("ddp.yaml", "device"),
+                                                    ("fsdp2.yaml", "worker"), ("fsdp.yaml", "worker")])
+def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path, reference_run, snippet,
                                                                        augment_on):
-    # FSDP2 runs with activation checkpointing: checkpointed blocks must still shard and train. (fsdp.yaml's
-    # blocks: in the resume test below.)
-    result = run_two_ranks(ddp_shards, snippet, tmp_path, "--trainer.callbacks+=tests.recorders.BatchRecorder",
-                           f"--model.init_args.activation_checkpointing={sharded}", f"--data.augment_on={augment_on}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    """Equal full batches on both ranks, each validation sees every sample once, the LR scaled by the global batch,
+    and the blocks laid out as the snippet says (FSDP2: sharded, after the module's checkpointing; FSDP: each an
+    FSDP unit of its own, sharded, with its checkpoint wrapper)."""
+    if augment_on == "worker":  # the configs' own: the reference run
+        workdir = reference_run(snippet)
+    else:
+        workdir = tmp_path
+        result = run_two_ranks(ddp_shards, snippet, workdir, *reference_options(snippet),
+                               "--trainer.callbacks+=tests.recorders.BatchRecorder", f"--data.augment_on={augment_on}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        (workdir / "stderr.txt").write_text(result.stderr)
     # cpu_demo.yaml's lr 2e-3 is for a global batch of 256; here 2 pairs x 2 ranks: 2e-3 x 4 / 256, said once
-    assert result.stderr.count("AdamW: peak lr 3.13e-05 (base 0.002 x global batch 4 / 256)") == 1
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert all(r["world_size"] == 2 and r["blocks_sharded"] == sharded for r in ranks)
-    assert all(r["blocks_checkpointed"] == sharded for r in ranks)
-    # 16 pairs per epoch / (2 per batch x 2 ranks) = 4 full batches on every rank, 2 epochs
-    assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == {"0": 4, "1": 4}
+    said = (workdir / "stderr.txt").read_text()
+    assert said.count("AdamW: peak lr 3.13e-05 (base 0.002 x global batch 4 / 256)") == 1
+    ranks = [json.loads((workdir / f"rank{r}.json").read_text()) for r in range(2)]
+    sharded = snippet != "ddp.yaml"
+    assert all(r["world_size"] == 2 and r["blocks_sharded"] == r["blocks_checkpointed"] == sharded for r in ranks)
+    # 16 pairs per epoch / (2 per batch x 2 ranks) = 4 full batches on every rank; 12 steps: 3 epochs
+    assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == {"0": 4, "1": 4, "2": 4}
     seen = ranks[0]["val_keys"] + ranks[1]["val_keys"]
-    assert len(seen) == 2 * 16 and set(ranks[0]["val_keys"]).isdisjoint(ranks[1]["val_keys"])
+    assert len(seen) == 3 * 16 and set(ranks[0]["val_keys"]).isdisjoint(ranks[1]["val_keys"])
     assert len(set(seen)) == 16  # each validation pass (one per epoch) saw every group exactly once
 
 
@@ -125,49 +160,38 @@ def test_a_non_finite_loss_on_one_rank_skips_that_step_on_every_rank(ddp_shards,
 
 
 @pytest.mark.parametrize("snippet", ["ddp.yaml", "fsdp2.yaml"])
-def test_compiled_blocks_train_as_eager_ones_on_two_ranks(ddp_shards, tmp_path, snippet):
+def test_compiled_blocks_train_as_eager_ones_on_two_ranks(ddp_shards, tmp_path, reference_run, snippet):
     """``compile: true`` (each transformer block through inductor) under DDP's static graph, and under FSDP2's
     per-block sharding with activation checkpointing on top: graphs are built and the run takes the same steps
-    on the same batches with the same losses and parameter updates as without compiling."""
-    sharded = snippet == "fsdp2.yaml"
-    runs, changes = {}, {}
-    for compiled in (False, True):
-        workdir = tmp_path / f"compile_{compiled}"
-        workdir.mkdir()
-        result = run_two_ranks(ddp_shards, snippet, workdir, "--trainer.callbacks+=tests.recorders.BatchRecorder",
-                               "--trainer.callbacks+=tests.recorders.TrainStream",
-                               f"--model.init_args.compile={compiled}",
-                               f"--model.init_args.activation_checkpointing={sharded}",
-                               # in-process loading: loader workers are not what this compares (before workers
-                               # started from a forkserver, one forked from a compiling rank hung here twice)
-                               "--data.num_workers=0")
-        assert result.returncode == 0, result.stderr[-3000:]
-        ranks = [json.loads((workdir / f"rank{r}.json").read_text()) for r in range(2)]
-        assert all(r["blocks_sharded"] == r["blocks_checkpointed"] == sharded for r in ranks)
-        assert all((r["compiled_graphs"] > 0) == compiled for r in ranks)
-        changes[compiled] = ranks[0]["parameter_change"]
-        runs[compiled] = [[json.loads(line) for line in (workdir / f"stream-rank{r}.jsonl").read_text().splitlines()]
-                          for r in range(2)]
-    for eager, compiled in zip(runs[False], runs[True]):
-        assert [s["keys"] for s in compiled] == [s["keys"] for s in eager] and len(eager) == 8
+    on the same batches with the same losses and parameter updates as the eager reference run."""
+    result = run_two_ranks(ddp_shards, snippet, tmp_path, *reference_options(snippet),
+                           "--trainer.callbacks+=tests.recorders.BatchRecorder", "--model.init_args.compile=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {"eager": reference_run(snippet), "compiled": tmp_path}
+    ranks = {name: [json.loads((folder / f"rank{r}.json").read_text()) for r in range(2)]
+             for name, folder in runs.items()}
+    assert all(r["compiled_graphs"] > 0 for r in ranks["compiled"]) and not any(
+        r["compiled_graphs"] for r in ranks["eager"])
+    assert all(r["blocks_sharded"] == r["blocks_checkpointed"] == (snippet == "fsdp2.yaml") for r in ranks["compiled"])
+    for rank in range(2):
+        eager, compiled = ([json.loads(line) for line in (folder / f"stream-rank{rank}.jsonl").open()]
+                           for folder in runs.values())
+        assert [s["keys"] for s in compiled] == [s["keys"] for s in eager] and len(eager) == 12
         assert [s["loss"] for s in compiled] == pytest.approx([s["loss"] for s in eager], rel=1e-4)
-    assert changes[True] == pytest.approx(changes[False], rel=1e-3) and changes[False] > 0
+    changes = {name: ranks[name][0]["parameter_change"] for name in runs}
+    assert changes["compiled"] == pytest.approx(changes["eager"], rel=1e-3) and changes["eager"] > 0
 
 
-def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(ddp_shards, tmp_path, monkeypatch, caplog):
+def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(reference_run, tmp_path, monkeypatch, caplog):
     """README: a fine-tuning config's `pretrained:` takes FSDP2's distributed checkpoint folder as it takes a
-    file. Pretrained for 2 steps on two gloo ranks under fsdp2.yaml, then gesture_cpu.yaml through the CLI with
-    `--model.init_args.pretrained=<the folder>`: every encoder key is reported matched, and at step 0 the encoder
-    holds the folder's tensors exactly."""
-    pretraining = run_two_ranks(ddp_shards, "fsdp2.yaml", tmp_path, "--trainer.max_steps=2",
-                                "--trainer.limit_val_batches=0", "--data.num_workers=0",
-                                "--model.init_args.warmup_steps=0", "--model.init_args.lr_reference_batch=4",
-                                "--trainer.callbacks+=tests.recorders.BatchRecorder")
-    assert pretraining.returncode == 0, pretraining.stderr[-3000:]
+    file. The FSDP2 reference run's last checkpoint (two gloo ranks, 12 steps), then gesture_cpu.yaml through the
+    CLI with `--model.init_args.pretrained=<the folder>`: every encoder key is reported matched, and at step 0 the
+    encoder holds the folder's tensors exactly."""
+    pretraining = reference_run("fsdp2.yaml")
     # trained: the weights are not the initialisation both runs draw from seed 0
-    assert json.loads((tmp_path / "rank0.json").read_text())["parameter_change"] > 1
-    folder = tmp_path / "runs/pretrain_cpu_demo/checkpoints/last.ckpt"
-    assert folder.is_dir() and torch.load(folder / "meta.pt", weights_only=True)["global_step"] == 2
+    assert json.loads((pretraining / "rank0.json").read_text())["parameter_change"] > 0
+    folder = pretraining / LAST
+    assert folder.is_dir() and torch.load(folder / "meta.pt", weights_only=True)["global_step"] == 12
     dcp_to_torch_save(folder, tmp_path / "pretrained.pt")
     pretrained = {name: tensor for name, tensor in torch.load(tmp_path / "pretrained.pt", weights_only=True)[
         "state_dict"].items() if name.startswith(ENCODER_KEYS)}
@@ -191,39 +215,21 @@ def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(ddp_shards,
         assert torch.equal(at_start[name], tensor), name
 
 
-@pytest.fixture(scope="module")
-def uninterrupted_run(ddp_shards, tmp_path_factory) -> Callable[[str], Path]:
-    """12 steps on two ranks under a snippet, run once per snippet in this module (each step's loss, the blocks'
-    layout, the checkpoints): the resume test's reference, and what the snippets are compared on."""
-    runs: dict[str, Path] = {}
-
-    def run(snippet: str) -> Path:
-        if snippet not in runs:
-            workdir = tmp_path_factory.mktemp(f"uninterrupted-{snippet.removesuffix('.yaml')}")
-            result = run_two_ranks(ddp_shards, snippet, workdir, TRAIN_STREAM, CLIPPING, "--trainer.max_steps=12",
-                                   "--trainer.callbacks+=tests.recorders.BatchRecorder")
-            assert result.returncode == 0, result.stderr[-3000:]
-            runs[snippet] = workdir
-        return runs[snippet]
-
-    return run
-
-
 @pytest.mark.parametrize("snippet", ["ddp.yaml", "fsdp2.yaml", "fsdp.yaml"])
-def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path, snippet, uninterrupted_run):
+def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path, snippet, reference_run):
     """Stopped after step 6 of 12 and resumed from its last checkpoint (under FSDP2 and FSDP a folder: sharded
     tensors + metadata): on both ranks, every step's loss is the one the uninterrupted run logged, the run ends
     with the same weights, optimiser state and LR, it continued the same W&B run, and fine-tuning and
     crocoman-export read its weights."""
     wandb_logger = ("--trainer.logger=lightning_modules.loggers.WandbLogger", "--trainer.logger.save_dir=wb",
                     "--trainer.callbacks+=tests.recorders.WandbRun")
-    uninterrupted, stopped = uninterrupted_run(snippet), tmp_path / "stopped"
+    uninterrupted, stopped = reference_run(snippet), tmp_path / "stopped"
     stopped.mkdir()
-    assert run_two_ranks(ddp_shards, snippet, stopped, TRAIN_STREAM, CLIPPING, *wandb_logger,
-                         "--trainer.max_steps=12", "--trainer.callbacks+=tests.recorders.StopAtStep",
-                         "--trainer.callbacks.step=6").returncode == 0
-    resumed = run_two_ranks(ddp_shards, snippet, stopped, TRAIN_STREAM, CLIPPING, *wandb_logger,
-                            "--trainer.max_steps=12", "--ckpt_path=last")
+    stop_at_6 = ("--trainer.callbacks+=tests.recorders.StopAtStep", "--trainer.callbacks.step=6")
+    assert run_two_ranks(ddp_shards, snippet, stopped, *reference_options(snippet), *wandb_logger,
+                         *stop_at_6).returncode == 0
+    resumed = run_two_ranks(ddp_shards, snippet, stopped, *reference_options(snippet), *wandb_logger,
+                            "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     lines = (stopped / "stream-rank0.jsonl").read_text().splitlines()
     assert len(lines) < 6 + 12  # the second run continued from a checkpoint, it did not start over
@@ -252,19 +258,15 @@ def test_a_resumed_two_rank_run_is_the_uninterrupted_run(ddp_shards, tmp_path, s
     assert torch.equal(build_from_croco(exported)[0].enc_blocks[0].attn.qkv.weight, trained)
 
 
-def test_sharded_snippets_train_what_ddp_trains(uninterrupted_run):
-    """fsdp2.yaml and fsdp.yaml lay the blocks out as they say (FSDP2: sharded; FSDP: each a unit of its own,
-    sharded and activation-checkpointed) and train the model ddp.yaml trains: every step's loss on both ranks and
-    the end weights agree to float rounding (their reductions add up in another order: measured 1.3e-6 and
-    3.4e-6 under fsdp.yaml), which ranks training unsynchronised copies (2.6e-4, 2.1e-4) or clipping by their own
-    shard's norm (2.5e-5, 3.1e-5) do not."""
-    reference = uninterrupted_run("ddp.yaml")
+def test_sharded_snippets_train_what_ddp_trains(reference_run):
+    """fsdp2.yaml and fsdp.yaml train the model ddp.yaml trains: every step's loss on both ranks and the end
+    weights of their reference runs agree to float rounding (their reductions add up in another order: measured
+    1.3e-6 and 3.4e-6 under fsdp.yaml), which ranks training unsynchronised copies (2.6e-4, 2.1e-4) or clipping
+    by their own shard's norm (2.5e-5, 3.1e-5) do not."""
+    reference = reference_run("ddp.yaml")
     weights = end_state(reference / LAST)["state_dict"]
-    for snippet in "ddp.yaml", "fsdp2.yaml", "fsdp.yaml":
-        run = uninterrupted_run(snippet)
-        layout = [json.loads((run / f"rank{rank}.json").read_text()) for rank in range(2)]
-        assert all(r["world_size"] == 2 and r["blocks_sharded"] == (snippet != "ddp.yaml") for r in layout)
-        assert all(r["blocks_checkpointed"] == (snippet == "fsdp.yaml") for r in layout)
+    for snippet in "fsdp2.yaml", "fsdp.yaml":
+        run = reference_run(snippet)
         for rank in range(2):
             losses = [[json.loads(line)["loss"] for line in (folder / f"stream-rank{rank}.jsonl").open()]
                       for folder in (run, reference)]
