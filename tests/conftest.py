@@ -4,7 +4,6 @@ import os
 import random
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from backbone.weights import read_checkpoint
 from crocoman.synth import write_pair_shards
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,16 +104,15 @@ def finish_wandb_runs():
 
 
 def end_state(checkpoint: Path) -> dict:
-    """A checkpoint file's entries; for a distributed checkpoint folder (FSDP2, FSDP) the same entries, gathered
-    from its shards (tensors: weights under ``state_dict`` from FSDP2, ``model`` from FSDP) and ``meta.pt``."""
+    """A checkpoint file's entries; for a distributed checkpoint folder (FSDP2, FSDP) the same entries, its
+    shards gathered by ``read_checkpoint`` (weights under ``state_dict`` from FSDP2, ``model`` from FSDP) and the
+    rest from ``meta.pt``."""
+    entries = read_checkpoint(checkpoint)
     if not checkpoint.is_dir():
-        return torch.load(checkpoint, weights_only=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        dcp_to_torch_save(checkpoint, Path(scratch, "whole.pt"))
-        tensors = torch.load(Path(scratch, "whole.pt"), weights_only=True)
-    weights = tensors["state_dict"] if "state_dict" in tensors else tensors["model"]
+        return entries
+    weights = entries["state_dict"] if "state_dict" in entries else entries["model"]
     return {**torch.load(checkpoint / "meta.pt", weights_only=True), "state_dict": weights,
-            "optimizer_states": [tensors["optimizer_0"]]}
+            "optimizer_states": [entries["optimizer_0"]]}
 
 
 def assert_same_end_state(checkpoint: Path, reference: Path, step: int) -> None:

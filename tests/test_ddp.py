@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from backbone import CroCoNet
-from backbone.weights import ENCODER_KEYS, load_encoder
+from backbone.weights import ENCODER_KEYS, load_encoder, read_checkpoint
 from heads.completion import build_from_croco
 from tests.conftest import REPO, assert_same_end_state, end_state, run_job
 from tests.test_cli import TINY_MODEL
@@ -76,40 +75,33 @@ def reference_options(snippet: str) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def reference_run(ddp_shards, tmp_path_factory) -> Callable[[str], Path]:
-    """The folder of a two-rank run under a snippet with ``reference_options`` and a BatchRecorder (its stderr in
-    stderr.txt), made once per snippet for this module: the batches, resume, compile, snippet-comparison and
-    fine-tuning tests all read it."""
-    runs: dict[str, Path] = {}
+def reference_run(ddp_shards, tmp_path_factory) -> Callable[..., Path]:
+    """The folder of a two-rank run under a snippet with ``reference_options``, a BatchRecorder and any further
+    options (its stderr in stderr.txt), made once per snippet and options for this module: the batches, resume,
+    compile, snippet-comparison and fine-tuning tests all read the plain one of each snippet."""
+    runs: dict[tuple[str, ...], Path] = {}
 
-    def run(snippet: str) -> Path:
-        if snippet not in runs:
+    def run(snippet: str, *extra: str) -> Path:
+        if (snippet, *extra) not in runs:
             workdir = tmp_path_factory.mktemp(f"reference-{snippet.removesuffix('.yaml')}")
             result = run_two_ranks(ddp_shards, snippet, workdir, *reference_options(snippet),
-                                   "--trainer.callbacks+=tests.recorders.BatchRecorder")
+                                   "--trainer.callbacks+=tests.recorders.BatchRecorder", *extra)
             assert result.returncode == 0, result.stderr[-3000:]
             (workdir / "stderr.txt").write_text(result.stderr)
-            runs[snippet] = workdir
-        return runs[snippet]
+            runs[snippet, *extra] = workdir
+        return runs[snippet, *extra]
 
     return run
 
 
 @pytest.mark.parametrize(("snippet", "augment_on"), [("ddp.yaml", "worker"), ("ddp.yaml", "device"),
                                                     ("fsdp2.yaml", "worker"), ("fsdp.yaml", "worker")])
-def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(ddp_shards, tmp_path, reference_run, snippet,
-                                                                       augment_on):
+def test_two_ranks_equal_batches_and_validation_sees_every_sample_once(reference_run, snippet, augment_on):
     """Equal full batches on both ranks, each validation sees every sample once, the LR scaled by the global batch,
     and the blocks laid out as the snippet says (FSDP2: sharded, after the module's checkpointing; FSDP: each an
     FSDP unit of its own, sharded, with its checkpoint wrapper)."""
-    if augment_on == "worker":  # the configs' own: the reference run
-        workdir = reference_run(snippet)
-    else:
-        workdir = tmp_path
-        result = run_two_ranks(ddp_shards, snippet, workdir, *reference_options(snippet),
-                               "--trainer.callbacks+=tests.recorders.BatchRecorder", f"--data.augment_on={augment_on}")
-        assert result.returncode == 0, result.stderr[-3000:]
-        (workdir / "stderr.txt").write_text(result.stderr)
+    # "worker" is the configs' own: the plain reference run
+    workdir = reference_run(snippet, *([] if augment_on == "worker" else [f"--data.augment_on={augment_on}"]))
     # cpu_demo.yaml's lr 2e-3 is for a global batch of 256; here 2 pairs x 2 ranks: 2e-3 x 4 / 256, said once
     said = (workdir / "stderr.txt").read_text()
     assert said.count("AdamW: peak lr 3.13e-05 (base 0.002 x global batch 4 / 256)") == 1
@@ -160,14 +152,11 @@ def test_a_non_finite_loss_on_one_rank_skips_that_step_on_every_rank(ddp_shards,
 
 
 @pytest.mark.parametrize("snippet", ["ddp.yaml", "fsdp2.yaml"])
-def test_compiled_blocks_train_as_eager_ones_on_two_ranks(ddp_shards, tmp_path, reference_run, snippet):
+def test_compiled_blocks_train_as_eager_ones_on_two_ranks(reference_run, snippet):
     """``compile: true`` (each transformer block through inductor) under DDP's static graph, and under FSDP2's
     per-block sharding with activation checkpointing on top: graphs are built and the run takes the same steps
     on the same batches with the same losses and parameter updates as the eager reference run."""
-    result = run_two_ranks(ddp_shards, snippet, tmp_path, *reference_options(snippet),
-                           "--trainer.callbacks+=tests.recorders.BatchRecorder", "--model.init_args.compile=true")
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = {"eager": reference_run(snippet), "compiled": tmp_path}
+    runs = {"eager": reference_run(snippet), "compiled": reference_run(snippet, "--model.init_args.compile=true")}
     ranks = {name: [json.loads((folder / f"rank{r}.json").read_text()) for r in range(2)]
              for name, folder in runs.items()}
     assert all(r["compiled_graphs"] > 0 for r in ranks["compiled"]) and not any(
@@ -192,9 +181,8 @@ def test_a_fine_tuning_config_starts_from_an_fsdp2_checkpoint_folder(reference_r
     assert json.loads((pretraining / "rank0.json").read_text())["parameter_change"] > 0
     folder = pretraining / LAST
     assert folder.is_dir() and torch.load(folder / "meta.pt", weights_only=True)["global_step"] == 12
-    dcp_to_torch_save(folder, tmp_path / "pretrained.pt")
-    pretrained = {name: tensor for name, tensor in torch.load(tmp_path / "pretrained.pt", weights_only=True)[
-        "state_dict"].items() if name.startswith(ENCODER_KEYS)}
+    pretrained = {name: tensor for name, tensor in read_checkpoint(folder)["state_dict"].items()
+                  if name.startswith(ENCODER_KEYS)}
 
     shapes = write_toy_shards(tmp_path / "shapes", train=8, val=4, size=64)
     monkeypatch.chdir(tmp_path)

@@ -1,5 +1,6 @@
 """`crocoman-export` turns a run's checkpoint into files other code bases load."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -20,13 +21,20 @@ from crocoman.export import export
 from crocoman.main import main
 
 
-def test_export_croco_and_timm_from_a_trained_run(pair_shards, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def trained_run(pair_shards, tmp_path_factory) -> Path:
+    """The folder of a 2-step run of the tiny pretraining model: its config.yaml and checkpoints."""
+    root = tmp_path_factory.mktemp("trained")
+    with contextlib.chdir(root):
+        main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
+              "--trainer.max_steps=2"])
+    return root / "runs/pretrain_cpu_demo"
+
+
+def test_export_croco_and_timm_from_a_trained_run(trained_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
-          "--trainer.max_steps=2"])
-    run = tmp_path / "runs/pretrain_cpu_demo"
-    checkpoint = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    common = ["--config", str(run / "config.yaml"), "--checkpoint", str(run / "checkpoints/last.ckpt")]
+    checkpoint = torch.load(trained_run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    common = ["--config", str(trained_run / "config.yaml"), "--checkpoint", str(trained_run / "checkpoints/last.ckpt")]
 
     backbone, head, report = build_from_croco(export([*common, "--format", "croco", "--out", "croco.pth"]))
     assert not report.missing and not report.unexpected
@@ -62,23 +70,21 @@ def test_export_croco_and_timm_from_a_trained_run(pair_shards, tmp_path, monkeyp
         torch.testing.assert_close(vit.forward_features((images - mean) / std), ours, rtol=1e-5, atol=1e-5)
         assert ours.shape == (2, 16, 32) and ours.std() > 0.1  # tokens of every patch, not a constant
     # ... and non-zero, naming the file, when the checkpoint is not there: one line, not a traceback.
-    failed = subprocess.run([command, "--config", str(run / "config.yaml"), "--checkpoint", "missing.ckpt",
+    failed = subprocess.run([command, "--config", str(trained_run / "config.yaml"), "--checkpoint", "missing.ckpt",
                              "--format", "timm", "--out", "x.safetensors"], capture_output=True, text=True)
     assert failed.returncode == 2 and "--checkpoint missing.ckpt: not found" in failed.stderr
     assert "Traceback" not in failed.stderr
 
 
-def test_export_says_what_is_wrong_with_its_input(pair_shards, tmp_path, monkeypatch, capsys):
+def test_export_says_what_is_wrong_with_its_input(trained_run, tmp_path, monkeypatch, capsys):
     """A config that is not a run's, and a checkpoint of another network: one line each, exit status 2 / 1."""
     monkeypatch.chdir(tmp_path)
-    main(["fit", "-c", str(REPO / "configs/pretrain/cpu_demo.yaml"), *TINY_MODEL, *data_args(pair_shards, 64, 4),
-          "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--trainer.logger=false"])
-    run = tmp_path / "runs/pretrain_cpu_demo"
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
     config["model"]["init_args"]["backbone"]["init_args"]["num_heads"] = 4  # the same shapes but ...
     config["model"]["init_args"]["backbone"]["init_args"]["embed_dim"] = 64  # ... not these
     (tmp_path / "wider.yaml").write_text(yaml.safe_dump(config))
-    checkpoint = ["--checkpoint", str(run / "checkpoints/last.ckpt"), "--format", "timm", "--out", "x.safetensors"]
+    checkpoint = ["--checkpoint", str(trained_run / "checkpoints/last.ckpt"), "--format", "timm",
+                  "--out", "x.safetensors"]
     for config_file, status, message in [
             (REPO / "configs/trainer/ddp.yaml", 2, "no model.init_args.backbone and head"),
             (tmp_path / "wider.yaml", 1, "checkpoint does not fit the model")]:
